@@ -1,0 +1,30 @@
+"""Shared test setup: 8 fake CPU devices, paths, and the shared-data rule."""
+import os
+import pathlib
+
+# Must happen before jax is imported anywhere: tests build meshes of up to 8
+# devices; single-device tests ask for a 1-device mesh explicitly.
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = REPO_ROOT / 'configs'
+
+
+@pytest.fixture(scope='session')
+def shared_data() -> pathlib.Path:
+  """../shared/data (or $REALM_SHARED_DATA).
+
+  Skips when absent, unless REALM_REQUIRE_SHARED_DATA=1 (set by .ci/run),
+  which turns the skip into a failure.
+  """
+  path = pathlib.Path(os.environ.get(
+      'REALM_SHARED_DATA', REPO_ROOT.parent / 'shared' / 'data'))
+  if not (path / 'squad_open' / 'corpus.jsonl').exists():
+    message = f'shared data not found at {path} (set REALM_SHARED_DATA)'
+    if os.environ.get('REALM_REQUIRE_SHARED_DATA') == '1':
+      pytest.fail(message)
+    pytest.skip(message)
+  return path
