@@ -1,0 +1,35 @@
+r"""realm-ict --config=configs/ict.py:tiny --workdir=/tmp/realm
+
+Inverse Cloze Task warm start of the retriever (ORQA ict_experiment.py).
+
+Variants: tiny (CPU, seconds), base (BERT-base, paper: batch 4096, lr 1e-4,
+100k steps), large. Needs WORKDIR/corpus from configs/prepare_corpus.py with
+the same variant (vocabulary and block length must agree).
+"""
+import ml_collections
+
+from realm_jax import checkpointing
+from realm_jax import config_lib
+from realm_jax import optim
+
+
+def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
+  tiny = arg == 'tiny'
+  config = ml_collections.ConfigDict()
+  config.corpus_dir = ''  # '' = WORKDIR/corpus
+  config.model = config_lib.model_config(arg, vocab_size=8000 if tiny
+                                         else 30522)
+  config.lengths = config_lib.lengths_config()
+  config.lengths.query_len = 64  # ICT queries are single sentences
+  config.remove_sentence_rate = 0.9
+  config.batch_size = 32 if tiny else 4096
+  config.num_train_steps = 100 if tiny else 100_000
+  config.optimizer = optim.optimizer_config(learning_rate=1e-4)
+  config.checkpoint = checkpointing.checkpoint_config(
+      every_steps=50 if tiny else 1000)
+  config.log_every_steps = 10 if tiny else 100
+  config.seed = 0
+  config.mesh = config_lib.mesh_config()
+  config.axis_rules = config_lib.AXIS_RULES
+  config.lock()
+  return config

@@ -1,0 +1,93 @@
+"""Orbax checkpoints: train state + input position, and subtree restores.
+
+A checkpoint step folder holds two items:
+  state/  the train state pytree {'step', 'params', 'opt_state'} (PyTree)
+  data/   the input pipeline position (JSON), so a resumed run continues
+          with the next unseen batch.
+The index builder restores only `params/retriever/doc_tower` from `state/`
+(partial restore: the other arrays are never read).
+"""
+from collections.abc import Sequence
+from typing import Any
+
+from etils import epath
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from realm_jax import config_lib
+
+PyTree = Any
+DOC_TOWER_PATH = ('params', 'retriever', 'doc_tower')
+MIN_TO_KEEP = 5  # the index builder polls for new steps; keep a few around
+
+
+def checkpoint_config(every_steps: int) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      every_steps=every_steps, max_to_keep=MIN_TO_KEEP, async_save=True))
+
+
+def validate(config: ml_collections.ConfigDict, field: str = 'checkpoint'):
+  config_lib.check(config.every_steps >= 1, f'{field}.every_steps',
+                   'must be >= 1')
+  config_lib.check(config.max_to_keep >= MIN_TO_KEEP, f'{field}.max_to_keep',
+                   f'{config.max_to_keep} < {MIN_TO_KEEP}: the index builder '
+                   'may miss steps it is about to restore')
+
+
+def make_manager(directory: epath.PathLike,
+                 config: ml_collections.ConfigDict | None = None,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """A manager for WORKDIR/checkpoints; read_only for the index builder."""
+  if read_only:
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+  else:
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=config.every_steps,
+        max_to_keep=config.max_to_keep,
+        enable_async_checkpointing=config.async_save)
+  return ocp.CheckpointManager(
+      epath.Path(directory), options=options,
+      item_handlers=dict(state=ocp.PyTreeCheckpointHandler(),
+                         data=ocp.JsonCheckpointHandler()))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: PyTree,
+         data_position: dict, force: bool = False) -> bool:
+  """Saves (asynchronously when configured) if the interval says so."""
+  return manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeSave(state),
+      data=ocp.args.JsonSave(data_position)), force=force)
+
+
+def restore(manager: ocp.CheckpointManager, step: int,
+            abstract_state: PyTree) -> tuple[PyTree, dict]:
+  """Restores the whole train state into the shardings of abstract_state."""
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+          abstract_state,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(
+              abstract_state)),
+      data=ocp.args.JsonRestore()))
+  return restored.state, restored.data
+
+
+def restore_subtree(manager: ocp.CheckpointManager, step: int,
+                    path: Sequence[str], abstract_subtree: PyTree) -> PyTree:
+  """Restores state[path[0]][path[1]]... only; nothing else is read."""
+  item = abstract_subtree
+  for key in reversed(path):
+    item = {key: item}
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+          item, partial_restore=True,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(item))))
+  subtree = restored.state
+  for key in path:
+    subtree = subtree[key]
+  return subtree
+
+
+def abstract(tree: PyTree) -> PyTree:
+  """ShapeDtypeStructs (with shardings) of a tree of arrays."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

@@ -1,0 +1,326 @@
+"""REALM's networks in Flax NNX: a BERT encoder, the retriever and the reader.
+
+    REALM
+    ├── retriever: Retriever
+    │   ├── doc_tower: RetrieverTower     BERT -> pooled [CLS] -> Dense -> LN
+    │   └── query_tower: RetrieverTower   only when config.share_towers=False
+    └── reader: Reader                    BERT + MLM head + ORQA span head
+
+Every module takes the `model` config of `config_lib.model_config`. Dropout is
+active only when a call passes `rngs` (an `nnx.Rngs` with a `dropout` stream);
+no RNG state lives in the modules, so a forward pass never changes the state
+and pure jitted steps can split and merge it freely. Parameters are float32
+and carry logical axis names (see `config_lib.AXIS_RULES`); activations use
+`config.dtype`, with softmax and LayerNorm statistics in float32.
+"""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+import ml_collections
+
+# BERT's additive attention bias for padding keys, and ORQA's score for spans
+# that are not inside the block.
+ATTENTION_MASK_BIAS = -10000.0
+SPAN_MASK_VALUE = -10000.0
+# ORQA's span head LayerNorm is tf.keras' default.
+SPAN_LAYER_NORM_EPS = 1e-3
+
+_truncated_normal = nnx.initializers.truncated_normal(stddev=0.02)
+_zeros = nnx.initializers.zeros_init()
+_ones = nnx.initializers.ones_init()
+
+
+def _partitioned(init, axes):
+  """`init` with logical axis names, placed by the caller's jit, not eagerly.
+
+  Flax 0.12 shards annotated variables at creation by default, which needs a
+  global mesh; the trainer instead initialises under
+  jit(..., out_shardings=...), and tests and the CPU builder have no mesh.
+  """
+  return nnx.with_partitioning(init, axes, eager_sharding=False)
+
+
+def _dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  return jnp.dtype(config.dtype)
+
+
+def _linear(in_features, out_features, kernel_axes, bias_axes, config, *,
+            rngs: nnx.Rngs, axis=-1) -> nnx.LinearGeneral:
+  """A dense layer with BERT's initialisation and logical axis names."""
+  return nnx.LinearGeneral(
+      in_features, out_features, axis=axis,
+      kernel_init=_partitioned(_truncated_normal, kernel_axes),
+      bias_init=_partitioned(_zeros, bias_axes),
+      dtype=_dtype(config), rngs=rngs)
+
+
+def _layer_norm(features, epsilon, axis_name, config, *,
+                rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(
+      features, epsilon=epsilon, dtype=_dtype(config),
+      scale_init=_partitioned(_ones, (axis_name,)),
+      bias_init=_partitioned(_zeros, (axis_name,)),
+      rngs=rngs)
+
+
+def _embed(num_embeddings, features, axes, config, *,
+           rngs: nnx.Rngs) -> nnx.Embed:
+  return nnx.Embed(
+      num_embeddings, features, dtype=_dtype(config),
+      embedding_init=_partitioned(_truncated_normal, axes),
+      rngs=rngs)
+
+
+class Dropout(nnx.Dropout):
+  """nnx.Dropout that is active exactly when the call passes `rngs`."""
+
+  def __call__(self, inputs: jax.Array, *,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    return super().__call__(inputs, deterministic=rngs is None, rngs=rngs)
+
+
+def attention_bias(input_mask: jax.Array) -> jax.Array:
+  """[B, L] mask (1 = real token) -> [B, 1, 1, L] additive bias over keys."""
+  bias = jnp.where(input_mask.astype(bool), 0.0, ATTENTION_MASK_BIAS)
+  return bias[:, None, None, :].astype(jnp.float32)
+
+
+class Embeddings(nnx.Module):
+  """Token + segment + position embeddings -> LayerNorm -> dropout."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    hidden = config.hidden_size
+    self.token_embed = _embed(config.vocab_size, hidden, ('vocab', 'embed'),
+                              config, rngs=rngs)
+    self.segment_embed = _embed(config.type_vocab_size, hidden,
+                                (None, 'embed'), config, rngs=rngs)
+    self.position_embed = _embed(config.max_position_embeddings, hidden,
+                                 (None, 'embed'), config, rngs=rngs)
+    self.norm = _layer_norm(hidden, config.layer_norm_eps, 'embed', config,
+                            rngs=rngs)
+    self.dropout = Dropout(config.dropout_rate)
+
+  def __call__(self, token_ids, segment_ids, *, rngs=None) -> jax.Array:
+    positions = jnp.arange(token_ids.shape[1])[None]
+    x = (self.token_embed(token_ids) + self.segment_embed(segment_ids)
+         + self.position_embed(positions))
+    return self.dropout(self.norm(x), rngs=rngs)
+
+
+class SelfAttention(nnx.Module):
+  """Multi-head self-attention with biases on every projection."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    hidden, heads = config.hidden_size, config.num_heads
+    self.head_dim = hidden // heads
+    def projection():
+      return _linear(hidden, (heads, self.head_dim), ('embed', 'heads', 'kv'),
+                     ('heads', 'kv'), config, rngs=rngs)
+    self.query = projection()
+    self.key = projection()
+    self.value = projection()
+    self.out = _linear((heads, self.head_dim), hidden,
+                       ('heads', 'kv', 'embed'), ('embed',), config,
+                       rngs=rngs, axis=(-2, -1))
+    self.dropout = Dropout(config.attention_dropout_rate)
+
+  def __call__(self, x, bias, *, rngs=None) -> jax.Array:
+    """x: [B, L, H]; bias: [B, 1, 1, L] added to the logits -> [B, L, H]."""
+    query = self.query(x) * self.head_dim**-0.5
+    key, value = self.key(x), self.value(x)
+    logits = jnp.einsum('bqnd,bknd->bnqk', query, key,
+                        preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(logits + bias, axis=-1).astype(x.dtype)
+    probs = self.dropout(probs, rngs=rngs)
+    return self.out(jnp.einsum('bnqk,bknd->bqnd', probs, value))
+
+
+class Mlp(nnx.Module):
+  """Dense -> exact (erf) GELU -> Dense, as BERT."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.intermediate = _linear(config.hidden_size, config.intermediate_size,
+                                ('embed', 'mlp'), ('mlp',), config, rngs=rngs)
+    self.output = _linear(config.intermediate_size, config.hidden_size,
+                          ('mlp', 'embed'), ('embed',), config, rngs=rngs)
+
+  def __call__(self, x) -> jax.Array:
+    return self.output(jax.nn.gelu(self.intermediate(x), approximate=False))
+
+
+class TransformerLayer(nnx.Module):
+  """BERT's post-LayerNorm layer: x = LN(x + f(x)) for attention, then MLP."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    eps = config.layer_norm_eps
+    self.attention = SelfAttention(config, rngs=rngs)
+    self.attention_norm = _layer_norm(config.hidden_size, eps, 'embed', config,
+                                      rngs=rngs)
+    self.mlp = Mlp(config, rngs=rngs)
+    self.mlp_norm = _layer_norm(config.hidden_size, eps, 'embed', config,
+                                rngs=rngs)
+    self.dropout = Dropout(config.dropout_rate)
+
+  def __call__(self, x, bias, *, rngs=None) -> jax.Array:
+    attended = self.attention(x, bias, rngs=rngs)
+    x = self.attention_norm(x + self.dropout(attended, rngs=rngs))
+    return self.mlp_norm(x + self.dropout(self.mlp(x), rngs=rngs))
+
+
+class BertEncoder(nnx.Module):
+  """BERT: embeddings, `num_layers` transformer layers and the pooler."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.embeddings = Embeddings(config, rngs=rngs)
+    self.layers = nnx.List([TransformerLayer(config, rngs=rngs)
+                            for _ in range(config.num_layers)])
+    self.pooler = _linear(config.hidden_size, config.hidden_size,
+                          ('embed', None), (None,), config, rngs=rngs)
+
+  def __call__(self, token_ids, segment_ids, input_mask, *,
+               rngs=None) -> tuple[jax.Array, jax.Array]:
+    """[B, L] ints -> (sequence [B, L, H], pooled [CLS] [B, H])."""
+    x = self.embeddings(token_ids, segment_ids, rngs=rngs)
+    bias = attention_bias(input_mask)
+    for layer in self.layers:
+      x = layer(x, bias, rngs=rngs)
+    return x, jnp.tanh(self.pooler(x[:, 0]))
+
+
+class RetrieverTower(nnx.Module):
+  """BERT's pooled [CLS] -> Dense(projection_size) -> LayerNorm -> dropout."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.encoder = BertEncoder(config, rngs=rngs)
+    self.projection = _linear(config.hidden_size, config.projection_size,
+                              ('embed', 'projection'), ('projection',), config,
+                              rngs=rngs)
+    self.norm = _layer_norm(config.projection_size,
+                            config.projection_layer_norm_eps, 'projection',
+                            config, rngs=rngs)
+    # ORQA drops out the projected vector itself during training.
+    self.dropout = Dropout(config.dropout_rate)
+
+  def __call__(self, token_ids, segment_ids, input_mask, *,
+               rngs=None) -> jax.Array:
+    """[B, L] ints -> [B, projection_size] in config.dtype."""
+    _, pooled = self.encoder(token_ids, segment_ids, input_mask, rngs=rngs)
+    return self.dropout(self.norm(self.projection(pooled)), rngs=rngs)
+
+
+class Retriever(nnx.Module):
+  """Query and document embedders; relevance is their inner product.
+
+  With `config.share_towers` (REALM's default) there is one tower and both
+  methods use it; `doc_tower` is always the one that embeds the index.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.share_towers = config.share_towers
+    self.doc_tower = RetrieverTower(config, rngs=rngs)
+    if not self.share_towers:
+      self.query_tower = RetrieverTower(config, rngs=rngs)
+
+  def embed_queries(self, token_ids, segment_ids, input_mask, *,
+                    rngs=None) -> jax.Array:
+    tower = self.doc_tower if self.share_towers else self.query_tower
+    return tower(token_ids, segment_ids, input_mask, rngs=rngs)
+
+  def embed_blocks(self, token_ids, segment_ids, input_mask, *,
+                   rngs=None) -> jax.Array:
+    return self.doc_tower(token_ids, segment_ids, input_mask, rngs=rngs)
+
+
+class MlmHead(nnx.Module):
+  """BERT's MLM transform (Dense, GELU, LayerNorm) and output bias.
+
+  The decode matrix is the encoder's token embedding, passed in at call time
+  (a stored reference would make the embedding a shared module).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.transform = _linear(config.hidden_size, config.hidden_size,
+                             ('embed', None), (None,), config, rngs=rngs)
+    self.norm = _layer_norm(config.hidden_size, config.layer_norm_eps, 'embed',
+                            config, rngs=rngs)
+    self.output_bias = nnx.Param(
+        _partitioned(_zeros, ('vocab',))(
+            rngs.params(), (config.vocab_size,), jnp.float32))
+
+  def __call__(self, hidden, token_embedding) -> jax.Array:
+    """hidden [..., H], token_embedding [V, H] -> float32 logits [..., V]."""
+    hidden = self.norm(jax.nn.gelu(self.transform(hidden), approximate=False))
+    logits = jnp.einsum('...h,vh->...v', hidden,
+                        token_embedding.astype(hidden.dtype),
+                        preferred_element_type=jnp.float32)
+    return logits + self.output_bias[...]
+
+
+class SpanHead(nnx.Module):
+  """ORQA's span scorer: Dense(1)(LayerNorm(relu(start_i + end_j)))."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.max_span_width = config.max_span_width
+    self.boundaries = _linear(config.hidden_size, 2 * config.span_hidden_size,
+                              ('embed', 'span'), ('span',), config, rngs=rngs)
+    self.norm = _layer_norm(config.span_hidden_size, SPAN_LAYER_NORM_EPS,
+                            'span', config, rngs=rngs)
+    self.score = _linear(config.span_hidden_size, 1, ('span', None), (None,),
+                         config, rngs=rngs)
+
+  def __call__(self, sequence, block_mask) -> jax.Array:
+    """sequence [B, L, H], block_mask [B, L] -> float32 [B, L, max_span_width].
+
+    Entry [b, i, w] scores the span from i to i + w inclusive; spans that
+    run past L or leave the block get SPAN_MASK_VALUE.
+    """
+    length = sequence.shape[1]
+    starts, ends = jnp.split(self.boundaries(sequence), 2, axis=-1)
+    positions = jnp.arange(length)
+    widths = jnp.arange(self.max_span_width)
+    span_ends = positions[:, None] + widths[None, :]  # [L, W]
+    in_range = span_ends < length
+    span_ends = jnp.minimum(span_ends, length - 1)
+    hidden = jax.nn.relu(starts[:, :, None, :] + ends[:, span_ends])
+    logits = self.score(self.norm(hidden))[..., 0].astype(jnp.float32)
+    # A span is inside the block when all of its w + 1 tokens are.
+    block_mask = block_mask.astype(jnp.int32)
+    covered = jnp.cumsum(block_mask, axis=1)  # block tokens in [0, i]
+    tokens_inside = (covered[:, span_ends] - covered[:, :, None]
+                     + block_mask[:, :, None])
+    inside = in_range & (tokens_inside == widths + 1)
+    return jnp.where(inside, logits, SPAN_MASK_VALUE)
+
+
+class Reader(nnx.Module):
+  """REALM's knowledge-augmented encoder: BERT over [CLS] x [SEP] z [SEP]."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.encoder = BertEncoder(config, rngs=rngs)
+    self.mlm_head = MlmHead(config, rngs=rngs)
+    self.span_head = SpanHead(config, rngs=rngs)
+
+  def __call__(self, token_ids, segment_ids, input_mask, *,
+               rngs=None) -> jax.Array:
+    """[B, L] ints -> sequence [B, L, H]."""
+    sequence, _ = self.encoder(token_ids, segment_ids, input_mask, rngs=rngs)
+    return sequence
+
+  def mlm_logits(self, sequence, positions) -> jax.Array:
+    """sequence [B, L, H], positions [B, M] -> float32 logits [B, M, V]."""
+    # Gather first: the vocab matmul is only over the masked positions.
+    selected = jnp.take_along_axis(sequence, positions[:, :, None], axis=1)
+    token_embedding = self.encoder.embeddings.token_embed.embedding[...]
+    return self.mlm_head(selected, token_embedding)
+
+  def span_logits(self, sequence, block_mask) -> jax.Array:
+    """sequence [B, L, H], block_mask [B, L] -> float32 [B, L, max_width]."""
+    return self.span_head(sequence, block_mask)
+
+
+class REALM(nnx.Module):
+  """The full model: the state the trainer checkpoints."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.retriever = Retriever(config, rngs=rngs)
+    self.reader = Reader(config, rngs=rngs)

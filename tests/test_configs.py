@@ -1,0 +1,91 @@
+"""Every job config loads in every variant; bad configs name their field."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CONFIGS, REPO_ROOT
+from realm_jax import config_lib
+from realm_jax import ict
+
+VARIANTS = ('tiny', 'base', 'large')
+JOBS = sorted(p.stem for p in CONFIGS.glob('*.py'))
+
+
+def load(job, variant):
+  spec = importlib.util.spec_from_file_location(job, CONFIGS / f'{job}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module, module.get_config(variant)
+
+
+@pytest.mark.parametrize('job', JOBS)
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_config_variants_load_locked_and_documented(job, variant):
+  module, config = load(job, variant)
+  # The docstring starts with the command that runs this config.
+  command = module.__doc__.strip().splitlines()[0]
+  assert command.startswith('realm-') and f'--config=configs/{job}.py:' in (
+      command)
+  with pytest.raises(AttributeError):
+    config.no_such_field = 1  # locked: typos fail instead of being ignored
+
+
+@pytest.mark.parametrize('variant, size', [('tiny', (2, 128)),
+                                           ('base', (12, 768)),
+                                           ('large', (24, 1024))])
+def test_model_sizes(variant, size):
+  _, config = load('ict', variant)
+  assert (config.model.num_layers, config.model.hidden_size) == size
+  assert config.model.projection_size == 128
+  assert config.lengths.block_len == 288
+  ict.validate(config, num_devices=8)
+
+
+def test_base_lengths_are_realms():
+  lengths = config_lib.lengths_config()
+  assert (lengths.query_len, lengths.block_len, lengths.joint_len) == (
+      96, 288, 384)
+
+
+def test_unknown_variant_is_an_error():
+  with pytest.raises(ValueError, match='xl'):
+    load('ict', 'xl')
+
+
+@pytest.mark.parametrize('override, field', [
+    (dict(batch_size=30), 'config.batch_size'),
+    (dict(lengths=dict(block_len=30)), 'config.lengths.block_len'),
+    (dict(model=dict(num_heads=3)), 'config.model.num_heads'),
+    (dict(mesh=dict(model=3)), 'config.mesh'),
+    (dict(checkpoint=dict(max_to_keep=1)), 'config.checkpoint.max_to_keep'),
+    (dict(model=dict(max_position_embeddings=256)),
+     'config.model.max_position_embeddings'),
+])
+def test_inconsistent_config_names_the_field(override, field):
+  _, config = load('ict', 'tiny')
+  config.update_from_flattened_dict(
+      {k: v for k, v in _flatten(override)})
+  with pytest.raises(config_lib.ConfigError, match=field.replace('.', r'\.')):
+    ict.validate(config, num_devices=8)
+
+
+def _flatten(tree, prefix=''):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flatten(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}', value
+
+
+def test_unknown_override_on_the_command_line_fails(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'realm_jax.ict',
+       f'--config={CONFIGS}/ict.py:tiny', f'--workdir={tmp_path}',
+       '--config.model.hiden_size=64'],
+      capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode != 0
+  assert 'hiden_size' in result.stderr
