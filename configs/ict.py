@@ -23,8 +23,11 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   config.lengths.query_len = 64  # ICT queries are single sentences
   config.remove_sentence_rate = 0.9
   config.batch_size = 32 if tiny else 4096
-  config.num_train_steps = 100 if tiny else 100_000
-  config.optimizer = optim.optimizer_config(learning_rate=1e-4)
+  config.num_train_steps = 300 if tiny else 100_000
+  # From scratch (no BERT) the tiny towers need a larger rate to leave the
+  # collapsed start where every block embeds alike.
+  config.optimizer = optim.optimizer_config(
+      learning_rate=1e-3 if tiny else 1e-4)
   config.checkpoint = checkpointing.checkpoint_config(
       every_steps=50 if tiny else 1000)
   config.log_every_steps = 10 if tiny else 100

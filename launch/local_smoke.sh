@@ -13,8 +13,7 @@ if [ ! -f "$WORKDIR/corpus/manifest.json" ]; then
   .venv/bin/realm-prepare-corpus --config=configs/prepare_corpus.py:tiny \
     --workdir="$WORKDIR"
 fi
-.venv/bin/realm-ict --config=configs/ict.py:tiny --workdir="$WORKDIR" \
-  --config.num_train_steps=60
+.venv/bin/realm-ict --config=configs/ict.py:tiny --workdir="$WORKDIR"
 
 .venv/bin/python - "$WORKDIR" <<'PY'
 import json, pathlib, sys

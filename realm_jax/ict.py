@@ -10,20 +10,18 @@ latest checkpoint and the next unseen batch.
 """
 import functools
 
-from absl import app
-from absl import flags
 from absl import logging
 from etils import epath
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 import optax
 import tqdm
 
 from realm_jax import checkpointing
+from realm_jax import cli
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
 from realm_jax import ict_input
@@ -32,10 +30,6 @@ from realm_jax import models
 from realm_jax import optim
 from realm_jax import sharding
 from realm_jax import train_lib
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Job config.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Workspace directory.')
-
 
 class RetrieverModel(nnx.Module):
   """The retriever alone, under the same names as in models.REALM."""
@@ -68,9 +62,13 @@ def validate_against_corpus(config, corpus: corpus_lib.Corpus) -> None:
                    f'{corpus.tokenizer.vocab_size} word pieces')
 
 
-def ict_loss(params, batch, rngs, graphdef):
-  """In-batch softmax: query i's positive is block i (ORQA ict_model.py)."""
+def ict_loss(params, batch, dropout_key, graphdef):
+  """In-batch softmax: query i's positive is block i (ORQA ict_model.py).
+
+  dropout_key None means no dropout (evaluation).
+  """
   model = nnx.merge(graphdef, params)
+  rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
   queries = model.retriever.embed_queries(
       batch['query_ids'], jnp.zeros_like(batch['query_ids']),
       batch['query_mask'], rngs=rngs)
@@ -87,9 +85,9 @@ def ict_loss(params, batch, rngs, graphdef):
 
 
 def train_step(state, batch, rng, *, graphdef, tx):
-  rngs = train_lib.dropout_rngs(rng, state['step'])
+  dropout_key = jax.random.fold_in(rng, state['step'])
   grads, metrics = jax.grad(ict_loss, has_aux=True)(
-      state['params'], batch, rngs, graphdef)
+      state['params'], batch, dropout_key, graphdef)
   state, health = train_lib.apply_gradients(state, grads, tx)
   return state, metrics | health
 
@@ -141,15 +139,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return last
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-
-
 def run():
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  cli.run_job(train_and_evaluate)
 
 
 if __name__ == '__main__':

@@ -64,9 +64,9 @@ def apply_gradients(state: PyTree, grads: PyTree,
   """One optimiser update; returns the new state and health metrics."""
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
-  health = dict(l2_grads=optax.global_norm(grads),
-                l2_params=optax.global_norm(params),
-                l2_updates=optax.global_norm(updates))
+  health = dict(l2_grads=optax.tree.norm(grads),
+                l2_params=optax.tree.norm(params),
+                l2_updates=optax.tree.norm(updates))
   return dict(step=state['step'] + 1, params=params,
               opt_state=opt_state), health
 
@@ -79,8 +79,4 @@ def jit_train_step(step_fn: Callable, shardings: PyTree, batch_sharding,
                  in_shardings=(shardings, batch_sharding, replicated),
                  out_shardings=(shardings, replicated),
                  donate_argnums=0)
-
-
-def dropout_rngs(rng: jax.Array, step: jax.Array) -> nnx.Rngs:
-  return nnx.Rngs(dropout=jax.random.fold_in(rng, step))
 

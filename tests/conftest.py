@@ -28,3 +28,20 @@ def shared_data() -> pathlib.Path:
       pytest.fail(message)
     pytest.skip(message)
   return path
+
+
+@pytest.fixture(scope='session')
+def tiny_corpus_workdir(tmp_path_factory) -> pathlib.Path:
+  """A workdir holding a small synthetic corpus (prepared once per session)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'prepare_corpus_config', CONFIGS / 'prepare_corpus.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('tiny')
+  config.input.synthetic_docs = 150
+  config.tokenizer.vocab_size = 1000
+  workdir = tmp_path_factory.mktemp('tiny_corpus')
+  prepare_corpus.prepare_corpus(config, str(workdir))
+  return workdir
