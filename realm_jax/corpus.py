@@ -300,7 +300,11 @@ def write_corpus(path: str | os.PathLike[str],
                           'to replace it')
   temporary, old = path.with_name(f'{path.name}.tmp'), path.with_name(
       f'{path.name}.old')
-  for leftover in (temporary, old):  # from an interrupted run
+  # Leftovers of an interrupted run: a crash between the two renames below
+  # leaves only `old`, which is still the complete previous corpus.
+  if old.exists() and not path.exists():
+    old.rename(path)
+  for leftover in (temporary, old):
     if leftover.exists():
       shutil.rmtree(leftover)
   temporary.mkdir(parents=True)
