@@ -39,6 +39,9 @@ def make_manager(directory: epath.PathLike,
                  config: ml_collections.ConfigDict | None = None,
                  read_only: bool = False) -> ocp.CheckpointManager:
   """A manager for WORKDIR/checkpoints; read_only for the index builder."""
+  directory = epath.Path(directory)
+  if not directory.is_absolute():  # orbax needs absolute paths
+    directory = directory.absolute()
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
   else:
@@ -47,7 +50,7 @@ def make_manager(directory: epath.PathLike,
         max_to_keep=config.max_to_keep,
         enable_async_checkpointing=config.async_save)
   return ocp.CheckpointManager(
-      epath.Path(directory), options=options,
+      directory, options=options,
       item_handlers=dict(state=ocp.PyTreeCheckpointHandler(),
                          data=ocp.JsonCheckpointHandler()))
 

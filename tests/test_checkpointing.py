@@ -95,3 +95,16 @@ def test_too_few_kept_checkpoints_is_a_config_error():
   config.max_to_keep = 2
   with pytest.raises(config_lib.ConfigError, match='checkpoint.max_to_keep'):
     checkpointing.validate(config)
+
+
+def test_relative_checkpoint_directory(tmp_path, monkeypatch):
+  """`--workdir=relative/path` works: orbax itself needs absolute paths."""
+  monkeypatch.chdir(tmp_path)
+  _, tx, _, create = _setup(tmp_path)
+  manager = checkpointing.make_manager('relative/checkpoints',
+                                       checkpointing.checkpoint_config(1))
+  params = nnx.to_pure_dict(nnx.state(create()))
+  checkpointing.save(manager, 1, dict(step=np.int32(1), params=params),
+                     {'next_step': 1})
+  manager.wait_until_finished()
+  assert (tmp_path / 'relative' / 'checkpoints' / '1').is_dir()
