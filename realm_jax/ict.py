@@ -99,6 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir = epath.Path(workdir)
   corpus = corpus_lib.Corpus(config.corpus_dir or workdir / 'corpus')
   validate_against_corpus(config, corpus)
+  train_lib.start_job(workdir, config)
 
   mesh = sharding.make_mesh(config.mesh)
   tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
@@ -135,6 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     checkpointing.save(manager, done, state, dict(next_step=done),
                        force=done == config.num_train_steps)
   manager.wait_until_finished()
+  train_lib.finish_job(workdir)
   writer.close()
   return last
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from absl import logging
+from etils import epath
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -80,3 +81,21 @@ def jit_train_step(step_fn: Callable, shardings: PyTree, batch_sharding,
                  out_shardings=(shardings, replicated),
                  donate_argnums=0)
 
+
+
+TRAINING_DONE = 'TRAINING_DONE'
+
+
+def start_job(workdir: epath.Path, config) -> None:
+  """Records the job config (the index builder reads its `model`) and clears
+  the training-done marker; process 0 only."""
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+    (workdir / TRAINING_DONE).unlink(missing_ok=True)
+
+
+def finish_job(workdir: epath.Path) -> None:
+  """Tells the index builder no newer checkpoint will come."""
+  if jax.process_index() == 0:
+    (workdir / TRAINING_DONE).write_text('')

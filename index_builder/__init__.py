@@ -1,0 +1,1 @@
+"""The asynchronous index builder job (thin: uses realm_jax)."""

@@ -1,0 +1,179 @@
+"""`realm-index-builder`: keeps WORKDIR/index fresh while the trainer runs.
+
+  realm-index-builder --config=configs/index_builder.py:tiny --workdir=W
+
+Loop: wait for a checkpoint newer than the newest index -> restore only the
+document tower -> embed every block in resumable chunks (each host its
+share, jitted and sharded over its local devices) -> build the MIPS index
+-> publish it (save, checksum, verify, rename, flip LATEST) -> delete old
+versions. Stops on WORKDIR/TRAINING_DONE once the last checkpoint is
+indexed, or on SIGTERM (between batches; the build resumes on restart).
+"""
+import json
+import signal
+import threading
+import time
+
+from absl import flags
+from absl import logging
+from etils import epath
+import jax
+import ml_collections
+import tqdm
+
+from realm_jax import checkpointing
+from realm_jax import cli
+from realm_jax import config_lib
+from realm_jax import corpus as corpus_lib
+from realm_jax import embedding
+from realm_jax import index_store
+from realm_jax import mips
+from realm_jax import sharding
+from realm_jax import train_lib
+
+
+class Stopped(Exception):
+  """SIGTERM arrived; the build so far is kept for the next run."""
+
+
+class Builder:
+  """One builder process; process 0 also builds and publishes the index."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config = config
+    self.workdir = epath.Path(workdir)
+    self.corpus = corpus_lib.Corpus(config.corpus_dir or
+                                     self.workdir / 'corpus')
+    self.store = index_store.IndexStore(self.workdir / 'index')
+    self.checkpoints = checkpointing.make_manager(
+        self.workdir / 'checkpoints', read_only=True)
+    self.stop = threading.Event()
+    config_lib.check(config.chunk_blocks >= config.embed_batch_size,
+                     'chunk_blocks', f'{config.chunk_blocks} < '
+                     f'embed_batch_size {config.embed_batch_size}')
+    self.mesh = sharding.make_mesh(config.mesh, jax.local_devices())
+    config_lib.validate_batch(config.embed_batch_size, 'embed_batch_size',
+                              self.mesh.shape['data'])
+
+  def run(self, once: bool = False) -> None:
+    while not self.stop.is_set():
+      self.checkpoints.reload()
+      step = self.checkpoints.latest_step()
+      indexed = self.store.latest_step()
+      if step is not None and (indexed is None or step > indexed):
+        self.build(step)
+        if once:
+          return
+        continue
+      if once:
+        logging.info('Nothing to build: newest checkpoint %s, newest index '
+                     '%s', step, indexed)
+        return
+      if (self.workdir / train_lib.TRAINING_DONE).exists():
+        logging.info('Training is done and checkpoint %s is indexed.', step)
+        return
+      self.stop.wait(self.config.poll_seconds)
+
+  def build(self, step: int) -> None:
+    start = time.time()
+    logging.info('Building the index for checkpoint step %d', step)
+    building = self.store.building_dir(step)
+    if jax.process_index() == 0:
+      self.store.delete_stale_builds(keep_step=step)
+    building.mkdir(parents=True, exist_ok=True)
+    chunks = self._chunks()
+    mine = [c for c in range(len(chunks))
+            if c % jax.process_count() == jax.process_index()]
+    todo = [c for c in mine if not index_store.chunk_done(building, c)]
+    if todo:
+      self._embed_chunks(step, building, chunks, todo)
+    embed_seconds = time.time() - start
+    embedded = sum(chunks[c][1] - chunks[c][0] for c in todo)
+    if jax.process_index() != 0:
+      return
+    self._wait_for_chunks(building, len(chunks))
+    embeddings = index_store.read_chunks(building, range(len(chunks)))
+    build_start = time.time()
+    index = mips.build_index(embeddings, self.config.index,
+                             devices=jax.local_devices())
+    build_seconds = time.time() - build_start
+    corpus_manifest = self.corpus.manifest
+    self.store.publish(step, index, embeddings[:16], dict(
+        corpus_fingerprint=corpus_manifest['source'].get('fingerprint'),
+        tokenizer_sha256=corpus_manifest['tokenizer']['sha256'],
+        timings=dict(embed_s=embed_seconds, build_s=build_seconds,
+                     total_s=time.time() - start),
+        embedded_blocks=embedded,
+        embedded_blocks_per_s=embedded / embed_seconds))
+    building.rmtree()
+    deleted = self.store.delete_old_versions(
+        self.config.keep_versions, self.config.lease_ttl_seconds)
+    logging.info('Index for step %d published in %.1f s; deleted %s', step,
+                 time.time() - start, deleted)
+
+  def _chunks(self) -> list[tuple[int, int]]:
+    n, size = len(self.corpus), self.config.chunk_blocks
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+  def _embed_chunks(self, step, building, chunks, todo) -> None:
+    model_config = read_model_config(self.workdir)
+    graphdef, abstract_params = sharding.abstract_model(
+        lambda: embedding.create_doc_tower(model_config), self.mesh,
+        self.config.axis_rules)
+    params = checkpointing.restore_subtree(
+        self.checkpoints, step, checkpointing.DOC_TOWER_PATH,
+        abstract_params)
+    embed_fn = embedding.make_embed_fn(graphdef, self.mesh,
+                                       self.config.axis_rules)
+    batch_sharding = sharding.batch_sharding(self.mesh,
+                                             self.config.axis_rules)
+    total = sum(chunks[c][1] - chunks[c][0] for c in todo)
+    with tqdm.tqdm(total=total, unit=' blocks', desc=f'embed step {step}',
+                   mininterval=1) as progress:
+      for c in todo:
+        if self.stop.is_set():
+          raise Stopped()
+        a, b = chunks[c]
+        vectors = embedding.embed_blocks(
+            embed_fn, params, self.corpus, a, b,
+            self.config.embed_batch_size, batch_sharding, progress)
+        index_store.write_chunk(building, c, vectors)
+
+  def _wait_for_chunks(self, building, num_chunks) -> None:
+    deadline = time.time() + self.config.wait_for_hosts_seconds
+    while not all(index_store.chunk_done(building, c)
+                  for c in range(num_chunks)):
+      if time.time() > deadline:
+        raise TimeoutError(f'chunks missing in {building} after '
+                           f'{self.config.wait_for_hosts_seconds} s')
+      if self.stop.wait(1.0):
+        raise Stopped()
+
+
+def read_model_config(workdir: epath.Path) -> ml_collections.ConfigDict:
+  """The trainer's model config, from WORKDIR/config.json."""
+  path = workdir / 'config.json'
+  if not path.exists():
+    raise FileNotFoundError(f'{path} not found: start a trainer (realm-ict, '
+                            'realm-pretrain) in this workdir first')
+  return ml_collections.ConfigDict(json.loads(path.read_text())['model'])
+
+
+def build_index_loop(config: ml_collections.ConfigDict, workdir: str,
+                     once: bool = False) -> None:
+  builder = Builder(config, workdir)
+  signal.signal(signal.SIGTERM, lambda *_: builder.stop.set())
+  try:
+    builder.run(once=once)
+  except Stopped:
+    logging.info('Stopped by SIGTERM; the build resumes on restart.')
+
+
+def run():
+  once = flags.DEFINE_bool('once', False, 'Build one index, then exit.')
+  cli.run_job(lambda config, workdir: build_index_loop(config, workdir,
+                                                       once.value))
+
+
+if __name__ == '__main__':
+  run()

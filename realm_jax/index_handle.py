@@ -1,0 +1,125 @@
+"""The trainer's view of WORKDIR/index: hot-swapped without stopping.
+
+A background thread polls the LATEST pointer; when it names a new version,
+the thread loads and verifies it (checksums, shapes) off the training
+thread and parks it. The trainer calls `maybe_swap()` between steps, which
+makes the parked version current: a reference swap, no I/O, no stall.
+A missing, partial or corrupt version is logged and never loaded; the
+handle keeps serving the version it has.
+"""
+import os
+import socket
+import threading
+import time
+
+from absl import logging
+from etils import epath
+import numpy as np
+
+from realm_jax import index_store
+from realm_jax import mips
+
+
+class IndexHandle:
+  """Serves searches from the newest verified index version."""
+
+  def __init__(self, index_dir: epath.PathLike, poll_seconds: float = 10.0,
+               devices=None, reader_id: str | None = None):
+    self.store = index_store.IndexStore(index_dir)
+    self._poll_seconds = poll_seconds
+    self._devices = devices
+    self._reader_id = reader_id or f'{socket.gethostname()}-{os.getpid()}'
+    self._current = None  # (index, manifest)
+    self._pending = None
+    self._rejected = set()  # versions that failed verification
+    self._lock = threading.Lock()
+    self._stop = threading.Event()
+    self._thread = None
+
+  # -- the background loader -------------------------------------------------
+
+  def start(self) -> 'IndexHandle':
+    self._thread = threading.Thread(target=self._poll_loop, daemon=True,
+                                    name='index-handle')
+    self._thread.start()
+    return self
+
+  def close(self) -> None:
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+
+  def _poll_loop(self) -> None:
+    while not self._stop.is_set():
+      self.refresh()
+      self._stop.wait(self._poll_seconds)
+
+  def refresh(self) -> bool:
+    """Loads the version LATEST names if it is new; True if one was parked."""
+    try:
+      pointer = self.store.pointer()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('Cannot read the index pointer: %s', e)
+      return False
+    if pointer is None:
+      return False
+    version = pointer['version']
+    with self._lock:
+      known = {v[1]['version'] for v in (self._current, self._pending) if v}
+    if version in known or version in self._rejected:
+      return False
+    try:
+      loaded = self.store.load(version, devices=self._devices)
+    except Exception as e:  # pylint: disable=broad-except
+      # Corrupt or half-deleted: keep serving what we have.
+      logging.error('Refusing index version %s: %s', version, e)
+      self._rejected.add(version)
+      return False
+    with self._lock:
+      self._pending = loaded
+    logging.info('Loaded index %s (checkpoint step %d)', version,
+                 loaded[1]['checkpoint_step'])
+    return True
+
+  # -- the training thread ---------------------------------------------------
+
+  def maybe_swap(self) -> bool:
+    """Makes a parked version current. Call between train steps."""
+    with self._lock:
+      if self._pending is None:
+        return False
+      self._current, self._pending = self._pending, None
+      version = self._current[1]['version']
+    self.store.write_lease(self._reader_id, version)
+    return True
+
+  def wait_until_ready(self, timeout_seconds: float) -> None:
+    """Blocks until a version is current (e.g. the first one at start)."""
+    deadline = time.time() + timeout_seconds
+    while not self.maybe_swap() and self._current is None:
+      if time.time() > deadline:
+        raise TimeoutError(f'no index version in {self.store.directory} '
+                           f'after {timeout_seconds} s')
+      if self._thread is None:
+        self.refresh()
+      time.sleep(0.05)
+
+  @property
+  def manifest(self) -> dict | None:
+    current = self._current
+    return None if current is None else current[1]
+
+  @property
+  def checkpoint_step(self) -> int | None:
+    """The checkpoint step the current index was embedded with."""
+    manifest = self.manifest
+    return None if manifest is None else manifest['checkpoint_step']
+
+  def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray,
+                                                        np.ndarray]:
+    """(ids, scores) of the top k blocks from the current version."""
+    current = self._current  # one read: a swap mid-search cannot mix versions
+    if current is None:
+      raise RuntimeError(f'no index loaded from {self.store.directory} yet')
+    index: mips.MipsIndex = current[0]
+    return index.search(queries, k)

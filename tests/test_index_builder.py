@@ -1,0 +1,188 @@
+"""The index builder as a real process: build, kill, resume, stop."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import CONFIGS, REPO_ROOT
+from realm_jax import checkpointing
+from realm_jax import corpus as corpus_lib
+from realm_jax import embedding
+from realm_jax import ict
+from realm_jax import index_store
+from realm_jax import mips
+from test_ict import _ict_config
+
+CHUNK = 16  # blocks per embedding chunk: the tiny corpus makes ~10 chunks
+
+# Runs the builder with a real SIGKILL at a chosen point (argv[1]): after
+# the 3rd embedding chunk is written, or inside publish just before the
+# version folder is renamed into place, or just before LATEST is written.
+KILL_HARNESS = textwrap.dedent('''
+    import os, signal, sys
+    from realm_jax import index_store
+    point = sys.argv.pop(1)
+    def kill():
+      os.kill(os.getpid(), signal.SIGKILL)
+    if point == 'embedding':
+      write_chunk, written = index_store.write_chunk, []
+      def patched(directory, chunk, vectors):
+        write_chunk(directory, chunk, vectors)
+        written.append(chunk)
+        if len(written) == 3:
+          kill()
+      index_store.write_chunk = patched
+    elif point == 'before_rename':
+      index_store._check_search = lambda *a: kill()
+    elif point == 'before_pointer':
+      index_store.atomic_write_text = lambda *a: kill()
+    from index_builder import main
+    main.run()
+''')
+
+
+def _builder_command(workdir, *extra):
+  return [f'--config={CONFIGS}/index_builder.py:tiny', f'--workdir={workdir}',
+          '--config.embed_batch_size=8', f'--config.chunk_blocks={CHUNK}',
+          '--config.poll_seconds=0.2', *extra]
+
+
+def _env():
+  return dict(os.environ, JAX_PLATFORMS='cpu',
+              XLA_FLAGS='--xla_force_host_platform_device_count=2')
+
+
+def _run_builder(workdir, *extra, check=True):
+  return subprocess.run(
+      [sys.executable, '-m', 'index_builder.main',
+       *_builder_command(workdir, *extra)],
+      cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+      check=check)
+
+
+@pytest.fixture(scope='module')
+def trained_workdir(tiny_corpus_workdir, tmp_path_factory):
+  """A workdir with an ICT run of 2 steps (checkpoints 1 and 2)."""
+  workdir = tmp_path_factory.mktemp('builder')
+  (workdir / 'corpus').symlink_to(tiny_corpus_workdir / 'corpus')
+  config = _ict_config(num_train_steps=2)
+  config.checkpoint.every_steps = 1
+  ict.train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+def _fresh_copy(trained_workdir, tmp_path):
+  """Trainer outputs shared read-only; index/ private to the test."""
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  for name in ('corpus', 'checkpoints', 'config.json'):
+    (workdir / name).symlink_to(trained_workdir / name)
+  return workdir
+
+
+def _direct_embeddings(workdir, step):
+  """The doc tower of `step` applied to every block, without the builder."""
+  model_config = ml_collections.ConfigDict(
+      json.loads((workdir / 'config.json').read_text())['model'])
+  graphdef, state = nnx.split(embedding.create_doc_tower(model_config))
+  manager = checkpointing.make_manager(workdir / 'checkpoints',
+                                       read_only=True)
+  params = checkpointing.restore_subtree(
+      manager, step, checkpointing.DOC_TOWER_PATH,
+      checkpointing.abstract(nnx.to_pure_dict(state)))
+  tower = nnx.merge(graphdef, params)
+  corpus = corpus_lib.Corpus(workdir / 'corpus')
+  blocks = corpus.blocks(np.arange(len(corpus)))
+  return np.asarray(tower(blocks['token_ids'], blocks['segment_ids'],
+                          blocks['input_mask']))
+
+
+@pytest.mark.slow
+def test_build_once_publishes_the_newest_checkpoint(trained_workdir,
+                                                    tmp_path):
+  workdir = _fresh_copy(trained_workdir, tmp_path)
+  _run_builder(workdir, '--once')
+  store = index_store.IndexStore(workdir / 'index')
+  assert store.latest_step() == 2
+  index, manifest = store.load(index_store.version_name(2))
+  corpus = corpus_lib.Corpus(workdir / 'corpus')
+  assert manifest['num_blocks'] == len(corpus) == index.num_vectors
+  assert manifest['tokenizer_sha256'] == corpus.manifest['tokenizer'][
+      'sha256']
+  assert manifest['embedded_blocks'] == len(corpus)
+  # The index holds exactly what the checkpoint's doc tower computes.
+  direct = _direct_embeddings(workdir, 2)
+  indexed = np.load(store.version_dir(index_store.version_name(2)) /
+                    mips.EMBEDDINGS_FILE)
+  np.testing.assert_allclose(indexed, direct, rtol=1e-4, atol=1e-5)
+  ids, scores = index.search(direct[:20], k=1)
+  np.testing.assert_allclose(scores[:, 0], (direct[:20] @ direct.T).max(1),
+                             rtol=1e-5)
+  assert not (workdir / 'index' / 'building').exists() or not list(
+      (workdir / 'index' / 'building').iterdir())
+  # Nothing newer: a second --once does nothing.
+  _run_builder(workdir, '--once')
+  assert index_store.IndexStore(workdir / 'index').versions() == [
+      index_store.version_name(2)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('point', ['embedding', 'before_rename',
+                                   'before_pointer'])
+def test_sigkill_never_exposes_a_partial_version(trained_workdir, tmp_path,
+                                                 point):
+  workdir = _fresh_copy(trained_workdir, tmp_path)
+  killed = subprocess.run(
+      [sys.executable, '-c', KILL_HARNESS, point,
+       *_builder_command(workdir, '--once')],
+      cwd=REPO_ROOT, env=_env(), capture_output=True, timeout=300)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  store = index_store.IndexStore(workdir / 'index')
+  assert store.pointer() is None  # nothing visible to readers
+  building = store.building_dir(2)
+  done_chunks = sorted(building.glob('chunk-*.done'))
+  if point == 'embedding':
+    assert len(done_chunks) == 3
+
+  _run_builder(workdir, '--once')
+  assert store.latest_step() == 2
+  manifest = store.verify_files(index_store.version_name(2))
+  corpus = corpus_lib.Corpus(workdir / 'corpus')
+  if point == 'embedding':  # resumed: the 3 finished chunks were kept
+    assert manifest['embedded_blocks'] == len(corpus) - 3 * CHUNK
+  elif point == 'before_rename':
+    assert manifest['embedded_blocks'] == 0  # all chunks were on disk
+  assert store.load(index_store.version_name(2))[0].num_vectors == len(
+      corpus)
+
+
+@pytest.mark.slow
+def test_loop_stops_on_training_done_and_on_sigterm(trained_workdir,
+                                                    tmp_path):
+  workdir = _fresh_copy(trained_workdir, tmp_path)
+  # The ICT run has finished (TRAINING_DONE is there): the loop indexes the
+  # last checkpoint, then exits by itself.
+  assert (trained_workdir / 'TRAINING_DONE').exists()
+  (workdir / 'TRAINING_DONE').symlink_to(trained_workdir / 'TRAINING_DONE')
+  _run_builder(workdir)
+  assert index_store.IndexStore(workdir / 'index').latest_step() == 2
+
+  # Without the marker it keeps polling until SIGTERM.
+  (workdir / 'TRAINING_DONE').unlink()
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'index_builder.main',
+       *_builder_command(workdir)],
+      cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+  time.sleep(8)  # started, found nothing new, polling
+  assert process.poll() is None
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=60) == 0
