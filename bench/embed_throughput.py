@@ -9,10 +9,11 @@ For each model size, inits the document tower as the index builder does
 embedding.make_embed_fn once and times it on synthetic full-length 288-token
 blocks already on the device: the pure step rate. Model FLOPs are counted
 analytically (see model_flops_per_block) and checked against XLA's
-cost_analysis. The peak they are compared with is measured in the same run:
-a jitted float32 n x n matmul. With --corpus, also times
-embedding.embed_blocks over the first blocks of a prepared corpus (read,
-featurize, transfer, embed, fetch), reported as a ratio to the step rate.
+cost_analysis. The peak they are compared with is a jitted float32 n x n
+matmul timed right before each step (the cores are shared with other
+processes, so a peak from another moment would not compare). With --corpus,
+also times embedding.embed_blocks over the first blocks of a prepared corpus
+(read, featurize, transfer, embed, fetch), as a ratio to the step rate.
 Medians over --runs. No wall-clock numbers are asserted.
 """
 import os
@@ -82,7 +83,8 @@ def model_flops_per_block(config, block_len: int) -> dict[str, float]:
 
 
 def synthetic_blocks(batch_size: int, block_len: int, vocab_size: int,
-                     max_title_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+                     max_title_len: int,
+                     seed: int = 0) -> dict[str, np.ndarray]:
   """Full blocks laid out as Corpus.blocks does: [CLS] title [SEP] body [SEP],
   segment 0 up to the first [SEP], 1 after; no padding (the compute is the
   same for any mask, but a full block is the realistic worst case)."""
@@ -149,7 +151,8 @@ def bench_model(size: str, batch_size: int, mesh, corpus, matmul) -> dict:
   start = time.perf_counter()
   compiled = embed_fn.lower(params, blocks).compile()
   compile_s = time.perf_counter() - start
-  jax.block_until_ready(embed_fn(params, blocks))  # warm-up through jit's cache
+  # lower().compile() does not fill jit's cache: warm up the call itself.
+  jax.block_until_ready(embed_fn(params, blocks))
   flops = model_flops_per_block(model_config, _BLOCK_LEN.value)
   # Each step is paired with a peak measurement taken right before it: the
   # cores are shared with other processes, and a peak measured under another
@@ -169,7 +172,8 @@ def bench_model(size: str, batch_size: int, mesh, corpus, matmul) -> dict:
   row = dict(model=size, batch=batch_size, compile_s=compile_s, step_s=step_s,
              step_spread=(min(step_times), max(step_times)),
              blocks_per_s=batch_size / step_s, flops=flops,
-             peak=statistics.median(peaks), peak_spread=(min(peaks), max(peaks)),
+             peak=statistics.median(peaks),
+             peak_spread=(min(peaks), max(peaks)),
              fraction=statistics.median(fractions),
              xla_flops_per_block=xla_per_block)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a running tiny REALM on the CPU:
-# installs ./.venv, prepares the embedded synthetic corpus, and warm-starts
-# the retriever with a few Inverse Cloze Task steps.
+# installs ./.venv, prepares the embedded synthetic corpus, warm-starts the
+# retriever with the Inverse Cloze Task, and builds the first MIPS index
+# from the last ICT checkpoint with the index builder.
 # Usage: bash launch/local_smoke.sh [WORKDIR]   (default ./workdir_smoke)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,8 @@ if [ ! -f "$WORKDIR/corpus/manifest.json" ]; then
     --workdir="$WORKDIR"
 fi
 .venv/bin/realm-ict --config=configs/ict.py:tiny --workdir="$WORKDIR"
+.venv/bin/realm-index-builder --config=configs/index_builder.py:tiny \
+  --workdir="$WORKDIR" --once
 
 .venv/bin/python - "$WORKDIR" <<'PY'
 import json, pathlib, sys
@@ -29,4 +32,10 @@ print(f"ICT: step {rows[0]['step']} loss {rows[0]['loss']:.3f} "
 steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
                if p.name.isdigit())
 print(f"checkpoints: {steps} in {workdir / 'checkpoints'}")
+latest = json.loads((workdir / 'index' / 'LATEST').read_text())
+index = json.loads(
+    (workdir / 'index' / latest['version'] / 'manifest.json').read_text())
+print(f"index: {latest['version']} ({index['kind']}, {index['num_blocks']} x "
+      f"{index['dim']}) embedded at {index['embedded_blocks_per_s']:.0f} "
+      f"blocks/s")
 PY

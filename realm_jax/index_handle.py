@@ -31,6 +31,7 @@ class IndexHandle:
     self._reader_id = reader_id or f'{socket.gethostname()}-{os.getpid()}'
     self._current = None  # (index, manifest)
     self._pending = None
+    self._retired = None  # the swapped-out version, freed off the hot path
     self._rejected = set()  # versions that failed verification
     self._lock = threading.Lock()
     self._stop = threading.Event()
@@ -56,6 +57,7 @@ class IndexHandle:
 
   def refresh(self) -> bool:
     """Loads the version LATEST names if it is new; True if one was parked."""
+    self._retired = None  # frees device buffers here, not on the trainer
     try:
       pointer = self.store.pointer()
     except Exception as e:  # pylint: disable=broad-except
@@ -88,6 +90,7 @@ class IndexHandle:
     with self._lock:
       if self._pending is None:
         return False
+      self._retired = self._current
       self._current, self._pending = self._pending, None
       version = self._current[1]['version']
     self.store.write_lease(self._reader_id, version)

@@ -15,6 +15,7 @@ One interface, two implementations, chosen by `index_config().kind`:
 index files; `load_index` reads it back.
 """
 import abc
+import functools
 import json
 import math
 import os
@@ -153,6 +154,24 @@ def _local_top_k(embeddings, queries, *, k, chunk_size, num_vectors):
   return scores, ids
 
 
+@functools.partial(jax.jit, static_argnames=('k', 'chunk_size',
+                                             'num_vectors', 'mesh'))
+def _exact_search(table, queries, *, k, chunk_size, num_vectors, mesh):
+  """Per-device top k, then the global top k of the devices' winners.
+
+  Module-level, so a newly loaded index of the same shape reuses the
+  compiled search (a hot swap must not recompile on the training thread).
+  """
+  local = jax.shard_map(
+      functools.partial(_local_top_k, k=k, chunk_size=chunk_size,
+                        num_vectors=num_vectors),
+      mesh=mesh, in_specs=(P(_ROWS, None), P()),
+      out_specs=(P(None, _ROWS), P(None, _ROWS)))
+  scores, ids = local(table, queries)  # [B, devices * k]
+  scores, positions = jax.lax.top_k(scores, k)
+  return scores, jnp.take_along_axis(ids, positions, axis=1)
+
+
 class ExactIndex(MipsIndex):
   """Brute-force search, chunked and sharded by rows over `devices`."""
 
@@ -176,23 +195,12 @@ class ExactIndex(MipsIndex):
         (self._table_rows, self.dim),
         NamedSharding(self._mesh, P(_ROWS, None)), self._padded_rows)
     self._queries_sharding = NamedSharding(self._mesh, P())
-    self._search = jax.jit(self._search_batch, static_argnames='k')
 
   def _padded_rows(self, index) -> np.ndarray:
     start, stop, _ = index[0].indices(self._table_rows)
     block = np.asarray(self._embeddings[start:stop], np.float32)
     padding = (stop - start) - block.shape[0]
     return np.pad(block, ((0, padding), (0, 0)))
-
-  def _search_batch(self, table, queries, k):
-    local = jax.shard_map(
-        lambda t, q: _local_top_k(t, q, k=k, chunk_size=self._chunk,
-                                  num_vectors=self.num_vectors),
-        mesh=self._mesh, in_specs=(P(_ROWS, None), P()),
-        out_specs=(P(None, _ROWS), P(None, _ROWS)))
-    scores, ids = local(table, queries)  # [B, devices * k]
-    scores, positions = jax.lax.top_k(scores, k)
-    return scores, jnp.take_along_axis(ids, positions, axis=1)
 
   def search(self, queries, k):
     queries = self._check_queries(queries, k)
@@ -204,8 +212,10 @@ class ExactIndex(MipsIndex):
     for start in range(0, len(queries), batch):
       chunk = queries[start:start + batch]
       padded = np.pad(chunk, ((0, batch - len(chunk)), (0, 0)))
-      scores, ids = self._search(
-          self._table, jax.device_put(padded, self._queries_sharding), k=k)
+      scores, ids = _exact_search(
+          self._table, jax.device_put(padded, self._queries_sharding), k=k,
+          chunk_size=self._chunk, num_vectors=self.num_vectors,
+          mesh=self._mesh)
       all_scores.append(np.asarray(scores)[:len(chunk)])
       all_ids.append(np.asarray(ids)[:len(chunk)].astype(np.int64))
     if not all_ids:
