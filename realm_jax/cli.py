@@ -1,9 +1,11 @@
 """The command line every job shares: --config, --workdir, --config.x=y."""
 from collections.abc import Callable
+import os
 from typing import Any
 
 from absl import app
 from absl import flags
+import jax
 import ml_collections
 from ml_collections import config_flags
 
@@ -24,6 +26,10 @@ def run_job(job: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    if os.environ.get('REALM_DISTRIBUTED') == '1':
+      # Multi-host (set by launch/tpu_pretrain.sh): the cluster is
+      # auto-detected on Cloud TPU.
+      jax.distributed.initialize()
     job(flags.FLAGS.config, flags.FLAGS.workdir)
 
   app.run(main)

@@ -1,0 +1,49 @@
+r"""realm-pretrain --config=configs/pretrain.py:tiny --workdir=/tmp/realm_pretrain --config.init_from=/tmp/realm
+
+REALM pre-training (realm/train_realm.py): salient span masking, K = 8
+candidates (the null document + the top 7 retrieved, the query's own block
+excluded), marginal likelihood with gradients into the retriever. Needs
+realm-index-builder running on the same workdir (it embeds the corpus with
+this run's checkpoints; the first index comes from step 0). `init_from`
+names an ICT workdir whose retriever seeds this run; `corpus_dir` defaults
+to WORKDIR/corpus. Variants: tiny (CPU), base (paper: batch 512, lr 3e-5,
+200k steps), large.
+"""
+import ml_collections
+
+from realm_jax import checkpointing
+from realm_jax import config_lib
+from realm_jax import optim
+
+
+def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
+  tiny = arg == 'tiny'
+  config = ml_collections.ConfigDict()
+  config.corpus_dir = ''  # '' = WORKDIR/corpus
+  config.init_from = ''  # an ICT workdir ('' = fresh retriever)
+  config.model = config_lib.model_config(arg, vocab_size=8000 if tiny
+                                         else 30522)
+  config.lengths = config_lib.lengths_config()
+  config.num_candidates = 8
+  config.masking = ml_collections.ConfigDict(dict(
+      kind='salient',  # salient | random_tokens | random_spans (ablations)
+      max_masks=10,
+      random_mask_rate=0.15,  # random_tokens only
+      annotator='builtin',  # builtin | spacy:<model> | module.path:callable
+  ))
+  config.batch_size = 8 if tiny else 512
+  config.num_train_steps = 200 if tiny else 200_000
+  config.optimizer = optim.optimizer_config(
+      learning_rate=3e-4 if tiny else 3e-5)
+  config.checkpoint = checkpointing.checkpoint_config(
+      every_steps=20 if tiny else 500)
+  config.index = ml_collections.ConfigDict(dict(
+      poll_seconds=1.0 if tiny else 10.0,
+      wait_seconds=600.0 if tiny else 6 * 3600.0,  # for the first index
+  ))
+  config.log_every_steps = 10 if tiny else 100
+  config.seed = 0
+  config.mesh = config_lib.mesh_config()
+  config.axis_rules = config_lib.AXIS_RULES
+  config.lock()
+  return config

@@ -1,0 +1,175 @@
+"""REALM pre-training: the marginal loss, its gradients, the candidates."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from realm_jax import config_lib
+from realm_jax import corpus as corpus_lib
+from realm_jax import models
+from realm_jax import pretrain
+
+B, K, Q, L, J, M, V = 2, 3, 8, 12, 16, 3, 50
+
+
+def _model_config():
+  config = config_lib.model_config('tiny', vocab_size=V)
+  config.update(num_layers=1, hidden_size=16, num_heads=2,
+                intermediate_size=32, projection_size=8, span_hidden_size=8,
+                max_position_embeddings=32)
+  return config
+
+
+def _batch(seed=0):
+  rng = np.random.default_rng(seed)
+  ints = lambda *shape: rng.integers(5, V, shape).astype(np.int32)
+  ones = lambda *shape: np.ones(shape, np.int32)
+  batch = dict(
+      query_ids=ints(B, Q), query_mask=ones(B, Q),
+      candidate_ids=ints(B, K, L), candidate_segments=ones(B, K, L),
+      candidate_mask=ones(B, K, L), joint_ids=ints(B, K, J),
+      joint_segments=ones(B, K, J), joint_mask=ones(B, K, J),
+      mlm_positions=rng.integers(1, Q, (B, M)).astype(np.int32),
+      mlm_targets=ints(B, M),
+      mlm_weights=np.array([[1, 1, 0], [1, 1, 1]], np.float32))
+  batch['query_mask'][0, -2:] = 0
+  batch['candidate_mask'][:, 0, 3:] = 0  # a null-like short candidate
+  return batch
+
+
+@pytest.fixture(scope='module')
+def model_and_params():
+  model = models.REALM(_model_config(), rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  return model, graphdef, nnx.to_pure_dict(state)
+
+
+def _log_softmax(x, axis=-1):
+  x = x - x.max(axis, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis, keepdims=True))
+
+
+def test_marginal_loss_matches_numpy(model_and_params):
+  model, graphdef, params = model_and_params
+  batch = _batch()
+  loss, metrics = pretrain.realm_loss(params, batch, None, graphdef)
+
+  # The formula written out in float64 from the model's raw outputs.
+  f64 = lambda x: np.asarray(x, np.float64)
+  q = f64(model.retriever.embed_queries(
+      batch['query_ids'], np.zeros_like(batch['query_ids']),
+      batch['query_mask']))
+  docs = f64(model.retriever.embed_blocks(
+      batch['candidate_ids'].reshape(B * K, L),
+      batch['candidate_segments'].reshape(B * K, L),
+      batch['candidate_mask'].reshape(B * K, L))).reshape(B, K, -1)
+  log_p_z = _log_softmax(np.einsum('bd,bkd->bk', q, docs))
+  sequence = model.reader(batch['joint_ids'].reshape(B * K, J),
+                          batch['joint_segments'].reshape(B * K, J),
+                          batch['joint_mask'].reshape(B * K, J))
+  logits = f64(model.reader.mlm_logits(
+      sequence, np.repeat(batch['mlm_positions'], K, axis=0))).reshape(
+          B, K, M, V)
+  log_p_y = np.take_along_axis(
+      _log_softmax(logits), batch['mlm_targets'][:, None, :, None],
+      axis=-1)[..., 0]  # [B, K, M]
+  joint = log_p_z[:, :, None] + log_p_y
+  marginal = np.log(np.exp(joint).sum(1))
+  w = batch['mlm_weights']
+  np.testing.assert_allclose(loss, -(marginal * w).sum() / w.sum(),
+                             rtol=1e-5)
+  np.testing.assert_allclose(
+      metrics['retrieval_utility'],
+      ((marginal - log_p_y[:, 0]) * w).sum() / w.sum(), rtol=1e-4,
+      atol=1e-6)
+  p_z = np.exp(log_p_z)
+  np.testing.assert_allclose(metrics['p_null'], p_z[:, 0].mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics['retrieval_entropy'],
+                             -(p_z * log_p_z).sum(1).mean(), rtol=1e-5)
+
+
+def test_gradients_reach_retriever_and_reader(model_and_params):
+  _, graphdef, params = model_and_params
+  batch = _batch(1)
+  loss_fn = lambda p: pretrain.realm_loss(p, batch, None, graphdef)[0]
+  grads = jax.grad(loss_fn)(params)
+  tower = grads['retriever']['doc_tower']
+  assert float(jnp.abs(tower['projection']['kernel']).sum()) > 0
+  assert float(jnp.abs(tower['encoder']['layers'][0]['mlp']['output'][
+      'kernel']).sum()) > 0
+  assert float(jnp.abs(grads['reader']['mlm_head']['output_bias']).sum()) > 0
+
+  # Central finite differences on a few coordinates of each part.
+  def perturbed(path, index, delta):
+    leaf = params
+    for key in path[:-1]:
+      leaf = leaf[key]
+    new = jax.tree.map(lambda x: x, params)
+    target = new
+    for key in path[:-1]:
+      target = target[key]
+    target[path[-1]] = leaf[path[-1]].at[index].add(delta)
+    return new
+
+  for path, index in [
+      (('retriever', 'doc_tower', 'projection', 'kernel'), (3, 1)),
+      (('retriever', 'doc_tower', 'norm', 'bias'), (2,)),
+      (('reader', 'mlm_head', 'output_bias'), (7,)),
+      (('reader', 'encoder', 'layers', 0, 'mlp', 'output', 'bias'), (4,))]:
+    eps = 1e-2
+    numeric = (loss_fn(perturbed(path, index, eps))
+               - loss_fn(perturbed(path, index, -eps))) / (2 * eps)
+    analytic = grads
+    for key in path:
+      analytic = analytic[key]
+    np.testing.assert_allclose(analytic[index], numeric, rtol=5e-2,
+                               atol=2e-4, err_msg=str(path))
+
+
+def test_null_document_is_cls_sep_sep():
+  tokenizer = type('T', (), dict(cls_id=2, sep_id=3))()
+  null = pretrain.null_document(tokenizer, 6)
+  np.testing.assert_array_equal(null['token_ids'], [2, 3, 3, 0, 0, 0])
+  np.testing.assert_array_equal(null['segment_ids'], [0, 0, 1, 0, 0, 0])
+  np.testing.assert_array_equal(null['input_mask'], [1, 1, 1, 0, 0, 0])
+
+
+def test_trivial_retrieval_excluded_and_null_first():
+  retrieved = np.array([[5, 9, 2, 7], [1, 4, 6, 8]])
+  uid = lambda ids: ids * 100  # a block's uid64
+  chosen = pretrain.choose_candidates(retrieved, uid(retrieved),
+                                      source_uid64=uid(np.array([9, 3])),
+                                      num_candidates=4)
+  # Row 0: its own block 9 is dropped; row 1: source 3 was not retrieved.
+  np.testing.assert_array_equal(chosen, [[-1, 5, 2, 7], [-1, 1, 4, 6]])
+  with pytest.raises(ValueError, match='usable blocks'):
+    pretrain.choose_candidates(retrieved[:, :3], uid(retrieved[:, :3]),
+                               uid(np.array([9, 3])), num_candidates=4)
+
+
+def test_candidate_inputs(tiny_corpus_workdir):
+  corpus = corpus_lib.Corpus(tiny_corpus_workdir / 'corpus')
+  tok = corpus.tokenizer
+  query_ids = np.zeros((1, 10), np.int32)
+  query_ids[0, :5] = [tok.cls_id, 11, tok.mask_id, 12, tok.sep_id]
+  query = dict(query_ids=query_ids,
+               query_mask=(query_ids != 0).astype(np.int32))
+  chosen = np.array([[-1, 4, 0]])
+  inputs = pretrain.candidate_inputs(corpus, query, chosen, joint_len=40)
+  blocks = corpus.blocks([4, 0])
+  np.testing.assert_array_equal(inputs['candidate_ids'][0, 1:],
+                                blocks['token_ids'])
+  assert list(inputs['candidate_ids'][0, 0, :4]) == [tok.cls_id, tok.sep_id,
+                                                     tok.sep_id, 0]
+  # Reader: [CLS] query [SEP] body [SEP], title dropped, body cut to fit.
+  null_row = inputs['joint_ids'][0, 0]
+  assert list(null_row[:7]) == [tok.cls_id, 11, tok.mask_id, 12, tok.sep_id,
+                                tok.sep_id, 0]
+  body = corpus.body_tokens(4)[:40 - 5 - 1]
+  row = inputs['joint_ids'][0, 1]
+  np.testing.assert_array_equal(row[5:5 + len(body)], body)
+  assert row[5 + len(body)] == tok.sep_id
+  assert inputs['joint_mask'][0, 1].sum() == 5 + len(body) + 1
+  np.testing.assert_array_equal(inputs['joint_segments'][0, 1, :5], 0)
+  assert inputs['joint_segments'][0, 1, 5:6 + len(body)].all()

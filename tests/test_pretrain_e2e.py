@@ -1,0 +1,148 @@
+"""REALM pre-training end to end, beside a real index builder process."""
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import CONFIGS, REPO_ROOT
+from realm_jax import checkpointing
+from realm_jax import ict
+from realm_jax import index_store
+from realm_jax import pretrain
+from test_ict import _ict_config
+
+TINY_MODEL = dict(num_layers=1, hidden_size=32, num_heads=2,
+                  intermediate_size=64, projection_size=16, vocab_size=1000)
+
+
+def _pretrain_config(**overrides):
+  spec = importlib.util.spec_from_file_location('pretrain_config',
+                                                CONFIGS / 'pretrain.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('tiny')
+  config.model.update(TINY_MODEL)
+  config.batch_size = 4
+  config.lengths.joint_len = 128
+  config.checkpoint.every_steps = 5
+  config.log_every_steps = 1
+  config.index.poll_seconds = 0.2
+  config.index.wait_seconds = 180
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def _overrides_as_flags(config_overrides):
+  return [f'--config.{k}={v}' for k, v in config_overrides.items()]
+
+
+def _env():
+  return dict(os.environ, JAX_PLATFORMS='cpu',
+              XLA_FLAGS='--xla_force_host_platform_device_count=1')
+
+
+def _start_builder(workdir):
+  return subprocess.Popen(
+      [sys.executable, '-m', 'index_builder.main',
+       f'--config={CONFIGS}/index_builder.py:tiny', f'--workdir={workdir}',
+       '--config.embed_batch_size=16', '--config.chunk_blocks=64',
+       '--config.poll_seconds=0.2'],
+      cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope='module')
+def ict_workdir(tiny_corpus_workdir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('ict')
+  (workdir / 'corpus').symlink_to(tiny_corpus_workdir / 'corpus')
+  ict.train_and_evaluate(_ict_config(num_train_steps=3), str(workdir))
+  return workdir
+
+
+def _workdir(tmp_path, ict_workdir):
+  workdir = tmp_path / 'pretrain'
+  workdir.mkdir()
+  (workdir / 'corpus').symlink_to(ict_workdir / 'corpus')
+  return workdir
+
+
+def _metrics(workdir):
+  path = workdir / 'logs' / 'pretrain' / 'metrics.jsonl'
+  return [json.loads(l) for l in path.read_text().split('\n') if l]
+
+
+@pytest.mark.slow
+def test_pretrain_hot_swaps_indices_built_beside_it(ict_workdir, tmp_path):
+  workdir = _workdir(tmp_path, ict_workdir)
+  builder = _start_builder(workdir)
+  try:
+    config = _pretrain_config(num_train_steps=40,
+                              init_from=str(ict_workdir))
+    last = pretrain.train_and_evaluate(config, str(workdir))
+    # TRAINING_DONE: the builder indexes the last checkpoint and exits.
+    assert builder.wait(timeout=300) == 0, builder.stderr.read()[-3000:]
+  finally:
+    builder.kill()
+  rows = _metrics(workdir)
+  assert [r['step'] for r in rows] == list(range(1, 41))
+  for row in rows:
+    assert np.isfinite(row['loss']) and 0 <= row['p_null'] <= 1
+    assert row['index_staleness'] >= 0
+    assert row['l2_grads_retriever'] > 0 and row['l2_grads_reader'] > 0
+  assert last['index_versions_used'] >= 2  # step 0's index, then fresher
+  assert max(r['index_step'] for r in rows) > 0
+  store = index_store.IndexStore(workdir / 'index')
+  assert store.latest_step() == 40
+
+  # The retriever started from ICT's.
+  ict_manager = checkpointing.make_manager(ict_workdir / 'checkpoints',
+                                           read_only=True)
+  ours = checkpointing.make_manager(workdir / 'checkpoints', read_only=True)
+  ict_tower = ict_manager.restore(3).state['params']['retriever']
+  step0 = ours.restore(0).state['params']['retriever']
+  for a, b in zip(jax.tree.leaves(ict_tower), jax.tree.leaves(step0)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_sigkilled_pretrain_resumes(ict_workdir, tmp_path):
+  workdir = _workdir(tmp_path, ict_workdir)
+  flags = [f'--config={CONFIGS}/pretrain.py:tiny', f'--workdir={workdir}',
+           *_overrides_as_flags({f'model.{k}': v
+                                 for k, v in TINY_MODEL.items()}),
+           '--config.batch_size=4', '--config.lengths.joint_len=128',
+           '--config.checkpoint.every_steps=5', '--config.log_every_steps=1',
+           '--config.index.poll_seconds=0.2', '--config.num_train_steps=30',
+           f'--config.init_from={ict_workdir}']
+  command = [sys.executable, '-m', 'realm_jax.pretrain', *flags]
+  builder = _start_builder(workdir)
+  try:
+    trainer = subprocess.Popen(command, cwd=REPO_ROOT, env=_env(),
+                               stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    manager = checkpointing.make_manager(workdir / 'checkpoints',
+                                         read_only=True)
+    deadline = time.time() + 300
+    while (manager.reload() or True) and (manager.latest_step() or 0) < 10:
+      assert trainer.poll() is None and time.time() < deadline
+      time.sleep(0.1)
+    trainer.send_signal(signal.SIGKILL)
+    trainer.wait()
+    killed_at = manager.latest_step()
+    assert 10 <= killed_at < 30
+    subprocess.run(command, cwd=REPO_ROOT, env=_env(), check=True,
+                   capture_output=True, timeout=600)
+    assert builder.wait(timeout=300) == 0
+  finally:
+    builder.kill()
+  steps = [r['step'] for r in _metrics(workdir)]
+  assert steps[-(30 - killed_at):] == list(range(killed_at + 1, 31))
+  manager.reload()
+  assert manager.restore(30).data == {'next_step': 30}
