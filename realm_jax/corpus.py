@@ -31,6 +31,7 @@ import shutil
 import time
 from typing import Any
 
+from etils import epath
 import numpy as np
 import tqdm
 
@@ -327,10 +328,31 @@ def write_corpus(path: str | os.PathLike[str],
   return manifest
 
 
+def local_copy(remote: str | os.PathLike[str]) -> pathlib.Path:
+  """A local copy of a remote (e.g. gs://) corpus: memory maps need local
+  files. Copied once per host into $REALM_CACHE (default ~/.cache/realm_jax),
+  keyed by the remote path and its manifest, via a temporary folder."""
+  remote = epath.Path(remote)
+  manifest = (remote / MANIFEST).read_text()
+  key = hashlib.sha256(f'{remote}\n{manifest}'.encode()).hexdigest()[:16]
+  cache = pathlib.Path(os.environ.get(
+      'REALM_CACHE', pathlib.Path.home() / '.cache' / 'realm_jax'))
+  local = cache / f'corpus-{key}'
+  if not local.exists():
+    temporary = cache / f'.corpus-{key}.tmp-{os.getpid()}'
+    temporary.mkdir(parents=True)
+    for file in tqdm.tqdm(list(remote.iterdir()), desc=f'copy {remote}'):
+      file.copy(epath.Path(temporary / file.name))
+    temporary.rename(local)
+  return local
+
+
 class Corpus:
   """A prepared corpus folder: blocks by global id, read memory-mapped."""
 
   def __init__(self, path: str | os.PathLike[str]):
+    if '://' in os.fspath(path):
+      path = local_copy(path)
     self.path = pathlib.Path(path)
     manifest_file = self.path / MANIFEST
     if not manifest_file.exists():

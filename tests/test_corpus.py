@@ -279,3 +279,19 @@ def test_corrupt_corpus_errors_name_the_file(tmp_path, tokenizer):
   manifest_file.unlink()
   with pytest.raises(corpus.CorpusError, match='manifest.json not found'):
     corpus.Corpus(path)
+
+
+def test_local_copy_of_a_remote_corpus(tiny_corpus_workdir, tmp_path,
+                                       monkeypatch):
+  """gs:// corpora are copied once into the local cache (memory maps need
+  local files); exercised here with a local source path."""
+  monkeypatch.setenv('REALM_CACHE', str(tmp_path / 'cache'))
+  copy = corpus.local_copy(tiny_corpus_workdir / 'corpus')
+  assert copy.parent == tmp_path / 'cache'
+  assert corpus.local_copy(tiny_corpus_workdir / 'corpus') == copy  # cached
+  original = corpus.Corpus(tiny_corpus_workdir / 'corpus')
+  copied = corpus.Corpus(copy)
+  ids = np.arange(len(original))
+  for key, value in original.blocks(ids).items():
+    np.testing.assert_array_equal(copied.blocks(ids)[key], value)
+  assert copied.records([0, 5]) == original.records([0, 5])
