@@ -45,3 +45,21 @@ def tiny_corpus_workdir(tmp_path_factory) -> pathlib.Path:
   workdir = tmp_path_factory.mktemp('tiny_corpus')
   prepare_corpus.prepare_corpus(config, str(workdir))
   return workdir
+
+
+@pytest.fixture(scope='session')
+def squad_corpus_workdir(shared_data, tmp_path_factory) -> pathlib.Path:
+  """../shared/data/squad_open/corpus.jsonl prepared with a 4000-piece vocab."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'prepare_corpus_config', CONFIGS / 'prepare_corpus.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('tiny')
+  config.input.format = 'jsonl'
+  config.input.paths = str(shared_data / 'squad_open' / 'corpus.jsonl')
+  config.tokenizer.vocab_size = 4000
+  workdir = tmp_path_factory.mktemp('squad_corpus')
+  prepare_corpus.prepare_corpus(config, str(workdir))
+  return workdir

@@ -1,0 +1,60 @@
+"""Zero-shot retrieval evaluation: recall@k, question loading, BM25."""
+import json
+
+import numpy as np
+import pytest
+
+from realm_jax import config_lib
+from realm_jax import corpus as corpus_lib
+from realm_jax import retrieval_eval
+
+
+class _Corpus:
+  def __init__(self, records):
+    self._records = records
+
+  def __len__(self):
+    return len(self._records)
+
+  def records(self, ids):
+    return [self._records[i] for i in ids]
+
+
+def test_recall_at_k_by_paragraph_and_by_answer():
+  corpus = _Corpus([dict(doc_id='a#0', text='x'), dict(doc_id='a#1', text='y'),
+                    dict(doc_id='b#0', text='the answer is Paris')])
+  retrieved = np.array([[1, 0, 2], [2, 1, 0], [0, 1, 2]])
+  questions = [dict(para_id='a#0'), dict(para_id='a#0'),
+               dict(question='?', answer=['Paris'])]
+  assert retrieval_eval.recall_at_k(retrieved, corpus, questions,
+                                    ks=(1, 2, 3)) == {
+      'recall@1': 0.0, 'recall@2': 1 / 3, 'recall@3': 1.0}
+
+
+def test_read_questions_names_file_and_line(tmp_path):
+  path = tmp_path / 'q.jsonl'
+  path.write_text(json.dumps(dict(question='who?')) + '\n{"answer": []}\n')
+  with pytest.raises(ValueError, match=r'q.jsonl:2: .*question'):
+    retrieval_eval.read_questions(path)
+
+
+def test_squad_dev_bm25_beats_an_untrained_retriever(shared_data,
+                                                     squad_corpus_workdir):
+  corpus = corpus_lib.Corpus(squad_corpus_workdir / 'corpus')
+  questions = retrieval_eval.read_questions(
+      shared_data / 'squad_open' / 'dev.jsonl')
+  assert len(questions) == 875
+  questions = questions[:300]
+  texts = [q['question'] for q in questions]
+  bm25 = retrieval_eval.recall_at_k(
+      retrieval_eval.bm25_retrieve(corpus, texts, k=5), corpus, questions,
+      ks=(1, 5))
+  model_config = config_lib.model_config('tiny', corpus.tokenizer.vocab_size)
+  untrained = retrieval_eval.load_retriever(None, model_config)
+  dense = retrieval_eval.recall_at_k(
+      retrieval_eval.dense_retrieve(untrained, corpus, texts, k=5), corpus,
+      questions, ks=(1, 5))
+  print(f'BM25 {bm25}; untrained dense {dense}')
+  assert bm25['recall@5'] > 0.5  # SQuAD questions share words with paragraphs
+  assert bm25['recall@1'] <= bm25['recall@5']
+  assert dense['recall@5'] < bm25['recall@5']
