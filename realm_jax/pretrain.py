@@ -181,9 +181,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                    'needs the null document and at least one block')
   config_lib.check(config.num_train_steps >= 1, 'num_train_steps',
                    'must be >= 1')
-  config_lib.check(config.masking.kind in pretrain_input.MASKING_KINDS,
+  config_lib.check(config.masking.kind in pretrain_input.MASKINGS,
                    'masking.kind', f'{config.masking.kind!r} is not one of '
-                   f'{pretrain_input.MASKING_KINDS}')
+                   f'{pretrain_input.MASKINGS}')
   config_lib.check(1 <= config.masking.max_masks < config.lengths.query_len,
                    'masking.max_masks', 'must be in [1, query_len)')
   checkpointing.validate(config.checkpoint)
@@ -233,8 +233,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     checkpointing.save(manager, 0, state, dict(next_step=0), force=True)
   start_step = position['next_step'] if position else 0
 
+  examples = workdir / 'examples'
+  if config.masking.kind == 'salient' and not (
+      examples / pretrain_input.MANIFEST).exists():
+    if jax.process_index() == 0:  # one offline pass, as REALM did
+      pretrain_input.prepare_examples(
+          corpus, examples, annotator=config.masking.annotator,
+          query_len=config.lengths.query_len,
+          max_masks=config.masking.max_masks)
+    multihost_utils.sync_global_devices('salient span examples')
   inputs = pretrain_input.PretrainInput(
-      corpus, workdir / 'examples', masking=config.masking.kind,
+      corpus, examples if examples.exists() else None,
+      masking=config.masking.kind,
       global_batch_size=config.batch_size,
       query_len=config.lengths.query_len,
       max_masks=config.masking.max_masks, seed=config.seed,

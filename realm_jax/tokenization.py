@@ -33,6 +33,9 @@ class Tokenizer(Protocol):
 
   def encode(self, text: str) -> list[int]: ...
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+  def encode_batch_with_offsets(
+      self, texts: Sequence[str]
+  ) -> list[tuple[list[int], list[tuple[int, int]]]]: ...
   def decode(self, ids: Sequence[int]) -> str: ...
   def id_to_token(self, token_id: int) -> str: ...
 
@@ -71,6 +74,26 @@ class SentencePieceTokenizer:
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     return self._sp.encode(list(texts), out_type=int,
                            num_threads=self._num_threads)
+
+  def encode_batch_with_offsets(
+      self, texts: Sequence[str]
+  ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """The ids of each text and the character span (start, end) of each id.
+
+    A span leaves out the whitespace a '▁' piece stands for, so a piece of
+    whitespace alone spans nothing: (end, end), just before the next word.
+    """
+    encoded = self._sp.encode(list(texts), out_type='offset_mapping',
+                              num_threads=self._num_threads)
+    results = []
+    for text, pieces in zip(texts, encoded):
+      spans = []
+      for start, end in pieces['offsets']:
+        piece_text = text[start:end]
+        spans.append((start + len(piece_text) - len(piece_text.lstrip()),
+                       end))
+      results.append((pieces['ids'], spans))
+    return results
 
   def decode(self, ids: Sequence[int]) -> str:
     return self._sp.decode([int(i) for i in ids])

@@ -85,6 +85,8 @@ def test_pretrain_hot_swaps_indices_built_beside_it(ict_workdir, tmp_path):
   try:
     config = _pretrain_config(num_train_steps=40,
                               init_from=str(ict_workdir))
+    config.mesh.update(data=4, model=2)  # the 8 fake devices of the tests
+    config.checkpoint.max_to_keep = 100  # keep step 0 to compare with ICT
     last = pretrain.train_and_evaluate(config, str(workdir))
     # TRAINING_DONE: the builder indexes the last checkpoint and exits.
     assert builder.wait(timeout=300) == 0, builder.stderr.read()[-3000:]

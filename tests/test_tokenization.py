@@ -84,3 +84,24 @@ def test_model_without_special_pieces_is_rejected(tmp_path):
   path.write_bytes(model.getvalue())
   with pytest.raises(ValueError, match=rf"{path}: id 0 is '<unk>'.*'\[PAD\]'"):
     tokenization.load_tokenizer(path)
+
+
+def test_encode_batch_with_offsets(tokenizer):
+  texts = ['Kalo was born on 12 October 1824.', '  Velthota   University ',
+           'Café Zürich', '']
+  encoded = tokenizer.encode_batch_with_offsets(texts)
+  assert [ids for ids, _ in encoded] == tokenizer.encode_batch(texts)
+  for text, (ids, spans) in zip(texts, encoded):
+    assert len(spans) == len(ids)
+    assert all(a <= b for a, b in spans)
+    assert [a for a, _ in spans] == sorted(a for a, _ in spans)
+    for token_id, (start, end) in zip(ids, spans):
+      # Each piece covers its own text, without the whitespace before it.
+      assert not text[start:end].startswith(' ')
+      if token_id != tokenizer.unk_id:
+        assert (tokenizer.id_to_token(token_id).lstrip('▁')
+                == text[start:end].lower())
+  ids, spans = encoded[1]
+  # The pieces of 'University' span exactly its characters.
+  covered = [i for i, (a, b) in enumerate(spans) if a >= 13 and b <= 23]
+  assert tokenizer.decode([ids[i] for i in covered]) == 'university'

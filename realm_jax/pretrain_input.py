@@ -1,0 +1,381 @@
+"""REALM's pre-training queries: a block sentence with one salient span masked.
+
+Salient spans are found once, offline, as REALM did
+(realm/example_generator.py reads a corpus annotated in advance):
+`prepare_examples` annotates the text of every block and records, for each
+span lying inside one sentence, where its word pieces are in the block body.
+`PretrainInput` then builds `[CLS] sentence [SEP]` queries with every piece
+of exactly one span replaced by [MASK] (no 80/10/10), and the paper's
+ablations, random token and random span masking.
+
+An examples folder holds
+  block.npy      int64 [n], the global block id of each example
+  pieces.npy     int32 [n, 4], per example: the sentence's (start, end) in
+                 the block's body tokens, then the span's (start, end) word
+                 pieces counted from the start of the sentence
+  manifest.json  counts, the annotator, the corpus it belongs to
+one example per salient span, read memory-mapped.
+
+The batches are a pure function of (seed, step), as in ict_input: example p'
+= step * B + p of the global batch is drawn with its own random generator
+seeded by (seed, p'), so a restarted run continues exactly, and each host
+builds only its own rows.
+"""
+import array
+import bisect
+import collections
+from collections.abc import Sequence
+import datetime
+import json
+import os
+import pathlib
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+import tqdm
+
+from realm_jax import corpus as corpus_lib
+from realm_jax import documents
+from realm_jax import salient_spans
+
+FORMAT_VERSION = 1
+MANIFEST = 'manifest.json'
+MASKINGS = ('salient', 'random_tokens', 'random_spans')
+
+
+def corpus_fingerprint(corpus: corpus_lib.Corpus) -> dict[str, Any]:
+  """What ties an examples folder to the corpus it was made from."""
+  manifest = corpus.manifest
+  return dict(num_blocks=manifest['num_blocks'],
+              tokenizer_sha256=manifest['tokenizer']['sha256'],
+              source=manifest.get('source', {}).get('fingerprint'))
+
+
+def _sentence_examples(sentence: tuple[int, int],
+                       spans: Sequence[tuple[int, int]],
+                       offsets: Sequence[tuple[int, int]], num_pieces: int,
+                       query_len: int,
+                       counts: collections.Counter) -> list[tuple[int, int]]:
+  """The distinct (start, end) word pieces of the spans that make examples.
+
+  A span makes an example if its pieces are exactly the span's characters.
+
+  `spans` lie inside the sentence; `offsets` are the character spans of its
+  pieces, relative to the sentence; the body holds its first `num_pieces`.
+  """
+  starts = np.array([start for start, _ in offsets]) + sentence[0]
+  ends = np.array([end for _, end in offsets]) + sentence[0]
+  kept = []
+  for start, end in spans:
+    # As realm/featurization.mask_query: the pieces fully inside the span.
+    covered = np.flatnonzero((starts >= start) & (ends <= end))
+    overlapping = np.count_nonzero((starts < end) & (ends > start))
+    if not covered.size:
+      counts['spans_without_pieces'] += 1
+    elif overlapping > covered.size:
+      # A piece straddles an edge ("-18" of "1812-1898" in SentencePiece;
+      # rare with WordPiece, which splits at punctuation): the masked pieces
+      # would not be the span, and the rest of it would stay visible.
+      counts['spans_cut_by_pieces'] += 1
+    elif covered[-1] >= num_pieces:
+      counts['spans_past_block_end'] += 1
+    elif covered[-1] >= query_len - 2:  # the mask would be truncated
+      counts['spans_past_query_len'] += 1
+    elif (covered[0], covered[-1] + 1) in kept:
+      counts['spans_duplicate'] += 1
+    else:
+      kept.append((int(covered[0]), int(covered[-1]) + 1))
+  return kept
+
+
+def _block_examples(text: str, body: np.ndarray, bounds: np.ndarray,
+                    sentences: Sequence[tuple[int, int]],
+                    encoded: Sequence[tuple[list[int], list[tuple[int, int]]]],
+                    spans: Sequence[tuple[int, int]], query_len: int,
+                    counts: collections.Counter) -> list[tuple[int, ...]]:
+  """(sentence start, end, span start, end) rows of one block.
+
+  `sentences` are the character spans of text re-split, `encoded` their
+  pieces; a sentence whose pieces differ from the corpus's is skipped.
+  """
+  counts['sentences'] += len(bounds)
+  counts['spans_found'] += len(spans)
+  if len(sentences) != len(bounds):
+    counts['sentences_misaligned'] += len(bounds)
+    counts['spans_misaligned'] += len(spans)
+    return []
+  by_sentence = collections.defaultdict(list)
+  sentence_starts = [start for start, _ in sentences]
+  for start, end in spans:
+    index = bisect.bisect_right(sentence_starts, start) - 1
+    if index >= 0 and end <= sentences[index][1]:
+      by_sentence[index].append((start, end))
+    else:
+      counts['spans_across_sentences'] += 1
+  rows = []
+  for index, (begin, end) in enumerate(bounds):
+    ids, offsets = encoded[index]
+    num_pieces = int(end - begin)
+    # Only a block's lone, over-long sentence is cut (corpus.pack_document).
+    aligned = (len(ids) == num_pieces
+               or (len(bounds) == 1 and len(ids) > num_pieces))
+    if not aligned or not np.array_equal(ids[:num_pieces], body[begin:end]):
+      counts['sentences_misaligned'] += 1
+      counts['spans_misaligned'] += len(by_sentence[index])
+      continue
+    pieces = _sentence_examples(sentences[index], by_sentence[index], offsets,
+                                num_pieces, query_len, counts)
+    counts['sentences_with_examples'] += bool(pieces)
+    rows.extend((int(begin), int(end), start, stop) for start, stop in pieces)
+  return rows
+
+
+def _write_npy(path: pathlib.Path, parts: Sequence[pathlib.Path],
+               dtype: np.dtype, row_shape: tuple[int, ...]):
+  """Concatenates .npy files into one, a part at a time, deleting the parts."""
+  lengths = [len(np.load(part, mmap_mode='r')) for part in parts]
+  with open(path, 'wb') as f:
+    np.lib.format.write_array_header_1_0(f, dict(
+        descr=np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        fortran_order=False, shape=(sum(lengths), *row_shape)))
+    for part in parts:
+      f.write(np.ascontiguousarray(np.load(part), dtype).tobytes())
+      part.unlink()
+
+
+def _write_examples(corpus: corpus_lib.Corpus, directory: pathlib.Path,
+                    annotator: salient_spans.Annotator, query_len: int,
+                    max_masks: int, batch_size: int) -> dict[str, Any]:
+  start_time = time.time()
+  counts = collections.Counter()
+  span_lengths = collections.Counter()
+  parts = []
+  tokenizer = corpus.tokenizer
+  with tqdm.tqdm(total=len(corpus), unit=' blocks', desc='salient spans',
+                 mininterval=1) as bar:
+    # One corpus shard of examples at most is in memory.
+    for shard, (first, stop) in enumerate(corpus.shard_ranges):
+      blocks, pieces = array.array('q'), array.array('i')
+      for batch_start in range(first, stop, batch_size):
+        ids = range(batch_start, min(stop, batch_start + batch_size))
+        texts = [record['text'] for record in corpus.records(ids)]
+        sentences = [documents.split_sentences(text) for text in texts]
+        encoded = iter(tokenizer.encode_batch_with_offsets(
+            [text[a:b] for text, spans in zip(texts, sentences)
+             for a, b in spans]))
+        for block_id, text, block_sentences in zip(ids, texts, sentences):
+          rows = _block_examples(
+              text, corpus.body_tokens(block_id),
+              corpus.sentence_bounds(block_id), block_sentences,
+              [next(encoded) for _ in block_sentences], annotator(text),
+              query_len, counts)
+          counts['blocks_with_examples'] += bool(rows)
+          for row in rows:
+            blocks.append(block_id)
+            pieces.extend(row)
+            span_lengths[row[3] - row[2]] += 1
+        bar.update(len(ids))
+        bar.set_postfix(examples=sum(span_lengths.values()), refresh=False)
+      parts.append((directory / f'block-{shard:05d}.npy',
+                    directory / f'pieces-{shard:05d}.npy'))
+      np.save(parts[-1][0], np.frombuffer(blocks, np.int64))
+      np.save(parts[-1][1], np.frombuffer(pieces, np.int32).reshape(-1, 4))
+  _write_npy(directory / 'block.npy', [b for b, _ in parts], np.int64, ())
+  _write_npy(directory / 'pieces.npy', [p for _, p in parts], np.int32, (4,))
+  num_examples = sum(span_lengths.values())
+  return dict(
+      format_version=FORMAT_VERSION,
+      num_examples=num_examples,
+      annotator=getattr(annotator, 'name', None) or repr(annotator),
+      query_len=query_len,
+      max_masks=max_masks,
+      corpus=corpus_fingerprint(corpus),
+      counts=dict(
+          blocks=len(corpus),
+          **{key: counts[key] for key in (
+              'blocks_with_examples', 'sentences', 'sentences_with_examples',
+              'sentences_misaligned', 'spans_found', 'spans_across_sentences',
+              'spans_misaligned', 'spans_without_pieces',
+              'spans_cut_by_pieces', 'spans_past_block_end',
+              'spans_past_query_len', 'spans_duplicate')},
+          # Masked in the query, but only max_masks of their pieces scored.
+          spans_longer_than_max_masks=sum(
+              n for length, n in span_lengths.items() if length > max_masks)),
+      span_length_counts={str(k): n for k, n in sorted(span_lengths.items())},
+      created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+      wall_time_s=time.time() - start_time)
+
+
+def prepare_examples(corpus: corpus_lib.Corpus,
+                     directory: str | os.PathLike[str],
+                     *,
+                     annotator: salient_spans.Annotator | str,
+                     query_len: int = 96,
+                     max_masks: int = 10,
+                     overwrite: bool = False,
+                     batch_size: int = 256) -> dict[str, Any]:
+  """Finds the salient spans of every block; writes them to `directory`.
+
+  `annotator` is an Annotator or a `salient_spans.load_annotator` spec. An
+  example is a span inside one sentence, covered exactly by word pieces that
+  all fall in the sentence's first query_len - 2 (REALM drops spans whose
+  mask would be truncated); the manifest counts every other span by the
+  reason it was dropped. One streaming pass
+  over the corpus, written to `<directory>.tmp` and renamed when complete,
+  so a crash leaves no partial folder. Returns the manifest.
+  """
+  if isinstance(annotator, str):
+    annotator = salient_spans.load_annotator(annotator)
+  path = pathlib.Path(directory)
+  if path.exists() and not overwrite:
+    raise FileExistsError(f'{path} exists; pass overwrite=True to replace it')
+  temporary, old = (path.with_name(f'{path.name}.{suffix}')
+                    for suffix in ('tmp', 'old'))
+  for leftover in (temporary, old):
+    if leftover.exists():
+      shutil.rmtree(leftover)
+  temporary.mkdir(parents=True)
+  try:
+    manifest = _write_examples(corpus, temporary, annotator, query_len,
+                               max_masks, batch_size)
+    (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n')
+  except BaseException:
+    shutil.rmtree(temporary, ignore_errors=True)
+    raise
+  if path.exists():
+    path.rename(old)
+  temporary.rename(path)
+  if old.exists():
+    shutil.rmtree(old)
+  return manifest
+
+
+class PretrainInput:
+  """Host-local pre-training query batches for a given step.
+
+  masking='salient' masks one salient span of an example sentence, drawn
+  uniformly over all spans (REALM's random.choice) with replacement: REALM's
+  run reads about as many queries as there are spans, and a permutation of
+  100M+ spans would not fit on every host. The ablations mask the sentence
+  of an example (the same query distribution) or, without `examples_dir`,
+  a random sentence of a random block: 'random_tokens' each piece with
+  probability random_mask_rate (at least one, at most max_masks);
+  'random_spans' one run of pieces as long as a salient span (drawn from the
+  examples' lengths; 1-5 uniformly without examples).
+  """
+
+  def __init__(self, corpus: corpus_lib.Corpus,
+               examples_dir: str | os.PathLike[str] | None = None, *,
+               masking: str = 'salient', global_batch_size: int,
+               query_len: int, max_masks: int, seed: int,
+               process_index: int = 0, process_count: int = 1,
+               random_mask_rate: float = 0.15):
+    if masking not in MASKINGS:
+      raise ValueError(f'masking={masking!r}: one of {MASKINGS}')
+    if global_batch_size % process_count:
+      raise ValueError(f'global batch {global_batch_size} does not split '
+                       f'over {process_count} processes')
+    if query_len < 3 or max_masks < 1 or not 0 < random_mask_rate <= 1:
+      raise ValueError(f'need query_len >= 3 (got {query_len}), max_masks >= '
+                       f'1 (got {max_masks}), 0 < random_mask_rate <= 1 (got '
+                       f'{random_mask_rate})')
+    self._corpus = corpus
+    self._masking = masking
+    self._global_batch = global_batch_size
+    self._local_batch = global_batch_size // process_count
+    self._offset = process_index * self._local_batch
+    self._query_len = query_len
+    self._max_masks = max_masks
+    self._seed = seed
+    self._rate = random_mask_rate
+    self.manifest = None
+    self._span_lengths = np.arange(1, 6)
+    self._span_length_p = np.full(5, 1 / 5)
+    if examples_dir is not None:
+      self._load_examples(pathlib.Path(examples_dir))
+    elif masking == 'salient':
+      raise ValueError("masking='salient' needs examples_dir (make it with "
+                       'prepare_examples)')
+
+  def _load_examples(self, path: pathlib.Path):
+    manifest_file = path / MANIFEST
+    if not manifest_file.exists():
+      raise FileNotFoundError(f'{manifest_file} not found: not an examples '
+                              'folder (make one with prepare_examples)')
+    self.manifest = json.loads(manifest_file.read_text())
+    if self.manifest['corpus'] != corpus_fingerprint(self._corpus):
+      raise ValueError(f'{path} was prepared from another corpus than '
+                       f'{self._corpus.path}')
+    if self.manifest['query_len'] != self._query_len:
+      raise ValueError(f'{path} was prepared for query_len='
+                       f'{self.manifest["query_len"]}, not {self._query_len}')
+    if not self.manifest['num_examples']:
+      raise ValueError(f'{path} holds no example: the annotator found no '
+                       'salient span inside a sentence')
+    self._blocks = np.load(path / 'block.npy', mmap_mode='r')
+    self._pieces = np.load(path / 'pieces.npy', mmap_mode='r')
+    counts = self.manifest['span_length_counts']
+    self._span_lengths = np.array([int(k) for k in counts])
+    self._span_length_p = np.array(list(counts.values())) / sum(
+        counts.values())
+
+  def _query(self, index: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """Block id, sentence pieces and the indices to mask of example `index`."""
+    rng = np.random.default_rng((self._seed, index, 2))
+    limit = self._query_len - 2
+    if self.manifest is not None:
+      row = rng.integers(len(self._blocks))
+      block = int(self._blocks[row])
+      begin, end, span_start, span_end = (int(x) for x in self._pieces[row])
+    else:
+      block = int(rng.integers(len(self._corpus)))
+      bounds = self._corpus.sentence_bounds(block)
+      begin, end = (int(x) for x in bounds[rng.integers(len(bounds))])
+    sentence = self._corpus.body_tokens(block)[begin:end][:limit]
+    n = len(sentence)
+    if self._masking == 'salient':
+      masked = np.arange(span_start, span_end)
+    elif self._masking == 'random_tokens':
+      masked = np.flatnonzero(rng.random(n) < self._rate)
+      if not masked.size:
+        masked = rng.integers(n, size=1)
+      elif masked.size > self._max_masks:
+        masked = np.sort(rng.choice(masked, self._max_masks, replace=False))
+    else:
+      length = min(int(rng.choice(self._span_lengths, p=self._span_length_p)),
+                   n)
+      first = rng.integers(n - length + 1)
+      masked = np.arange(first, first + length)
+    return block, sentence, masked
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This host's rows of the global batch at `step`."""
+    b, length, max_masks = self._local_batch, self._query_len, self._max_masks
+    tokenizer = self._corpus.tokenizer
+    query_ids = np.full([b, length], tokenizer.pad_id, np.int32)
+    query_mask = np.zeros([b, length], np.int32)
+    mlm_positions = np.zeros([b, max_masks], np.int32)
+    mlm_targets = np.zeros([b, max_masks], np.int32)
+    mlm_weights = np.zeros([b, max_masks], np.float32)
+    source_block = np.zeros([b], np.int64)
+    first = step * self._global_batch + self._offset
+    for row in range(b):
+      block, sentence, masked = self._query(first + row)
+      n = len(sentence)
+      query_ids[row, 0] = tokenizer.cls_id
+      query_ids[row, 1:n + 1] = sentence
+      query_ids[row, n + 1] = tokenizer.sep_id
+      query_mask[row, :n + 2] = 1
+      positions = masked + 1  # after [CLS]
+      scored = positions[:max_masks]  # the rest stay masked, unscored
+      mlm_positions[row, :len(scored)] = scored
+      mlm_targets[row, :len(scored)] = query_ids[row, scored]
+      mlm_weights[row, :len(scored)] = 1
+      query_ids[row, positions] = tokenizer.mask_id
+      source_block[row] = block
+    return dict(query_ids=query_ids, query_mask=query_mask,
+                mlm_positions=mlm_positions, mlm_targets=mlm_targets,
+                mlm_weights=mlm_weights, source_block=source_block,
+                source_uid64=self._corpus.uid64(source_block))
