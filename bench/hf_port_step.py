@@ -36,6 +36,7 @@ import time
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -154,18 +155,52 @@ class Ours:
   def loss(self, index: int) -> float:
     return float(self.losses[index]['loss'])
 
-  def forward_times(self, steps: int) -> np.ndarray:
-    """The loss alone (no gradient, no update), jitted, dropout on."""
-    loss_fn = jax.jit(lambda p, b, k: self.pretrain.realm_loss(
-        p, b, k, self.graphdef)[0])
+  def part_times(self, steps: int) -> dict[str, float]:
+    """Median seconds of jitted pieces of our step (dropout on)."""
+    graphdef, realm_loss = self.graphdef, self.pretrain.realm_loss
+
+    def retriever(params, batch, key):
+      model, rngs = nnx.merge(graphdef, params), nnx.Rngs(dropout=key)
+      queries = model.retriever.embed_queries(
+          batch['query_ids'], jnp.zeros_like(batch['query_ids']),
+          batch['query_mask'], rngs=rngs)
+      docs = model.retriever.embed_blocks(
+          batch['candidate_ids'].reshape(B * K, L),
+          batch['candidate_segments'].reshape(B * K, L),
+          batch['candidate_mask'].reshape(B * K, L),
+          rngs=rngs).reshape(B, K, -1)
+      return jnp.einsum('bd,bkd->bk', queries, docs).sum()
+
+    def reader(params, batch, key):
+      model = nnx.merge(graphdef, params)
+      return model.reader(batch['joint_ids'].reshape(B * K, J),
+                          batch['joint_segments'].reshape(B * K, J),
+                          batch['joint_mask'].reshape(B * K, J),
+                          rngs=nnx.Rngs(dropout=key)).sum()
+
+    loss = lambda params, batch, key: realm_loss(params, batch, key,
+                                                 graphdef)[0]
     args = (self.state['params'], self.batch, self.key)
-    jax.block_until_ready(loss_fn(*args))
-    times = []
-    for _ in range(steps):
-      start = time.perf_counter()
-      jax.block_until_ready(loss_fn(*args))
-      times.append(time.perf_counter() - start)
-    return np.array(times)
+
+    def median(fn):
+      jax.block_until_ready(fn(*args))
+      times = []
+      for _ in range(steps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+      return float(np.median(times))
+
+    parts = {
+        'retriever fwd (query + 64 docs)': median(jax.jit(retriever)),
+        'reader encoder fwd': median(jax.jit(reader)),
+        'whole loss fwd': median(jax.jit(loss)),
+        'loss fwd + bwd': median(jax.jit(jax.grad(loss))),
+        'full step': float(np.median(self.run(steps))),
+    }
+    parts['update (clip + AdamW)'] = (parts['full step']
+                                      - parts['loss fwd + bwd'])
+    return parts
 
 
 class HuggingFace:
@@ -263,20 +298,12 @@ class HuggingFace:
       times.append(time.perf_counter() - start)
     return np.array(times)
 
-  def forward_times(self, steps: int) -> np.ndarray:
-    times = []
-    with self.torch.no_grad():
-      for _ in range(steps):
-        start = time.perf_counter()
-        self.loss().item()
-        times.append(time.perf_counter() - start)
-    return np.array(times)
-
   def part_times(self, steps: int) -> dict[str, float]:
     """Median seconds of the pieces of one HF step (with grad enabled)."""
     torch = self.torch
-    parts = {'retriever fwd (query + 64 docs)': [], 'reader fwd (BERT)': [],
-             'MLM head + loss fwd': [], 'backward': [], 'clip + AdamW': []}
+    parts = {'retriever fwd (query + 64 docs)': [], 'reader encoder fwd': [],
+             'MLM head + loss fwd': [], 'backward': [],
+             'update (clip + AdamW)': []}
     for _ in range(steps):
       self.optimizer.zero_grad(set_to_none=True)
       t0 = time.perf_counter()
@@ -306,17 +333,12 @@ class HuggingFace:
       for name, (a, b) in zip(parts, [(t0, t1), (t1, t2), (t2, t3), (t3, t4),
                                       (t4, t5)]):
         parts[name].append(b - a)
-    return {name: float(np.median(v)) for name, v in parts.items()}
-
-
-def wait_for_pretrain(seconds: float) -> None:
-  """Polls for realm_jax/pretrain.py (written concurrently) up to `seconds`."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  deadline = time.monotonic() + seconds
-  while importlib.util.find_spec('realm_jax.pretrain') is None:
-    if time.monotonic() > deadline:
-      raise SystemExit('realm_jax/pretrain.py not found')
-    time.sleep(10)
+    parts = {name: float(np.median(v)) for name, v in parts.items()}
+    parts['whole loss fwd'] = sum(parts[name] for name in list(parts)[:3])
+    parts['loss fwd + bwd'] = parts['whole loss fwd'] + parts['backward']
+    parts['full step'] = parts['loss fwd + bwd'] + parts[
+        'update (clip + AdamW)']
+    return parts
 
 
 def main():
@@ -326,13 +348,9 @@ def main():
   parser.add_argument('--rounds', type=int, default=3,
                       help='alternating ours/HF measurement rounds')
   parser.add_argument('--breakdown', action='store_true',
-                      help='also time forward-only and the HF step parts')
-  parser.add_argument('--wait_seconds', type=float, default=0,
-                      help='poll this long for realm_jax/pretrain.py')
+                      help='also time the parts of each step')
   args = parser.parse_args()
 
-  if args.wait_seconds:
-    wait_for_pretrain(args.wait_seconds)
   batch = make_batch()
   hf = HuggingFace(batch)
   ours = Ours(batch)
@@ -367,8 +385,10 @@ def main():
     print(f'{name:18s}{cells}{medians[name]:10.4f}')
   ratios = [h / o for h, o in zip(rounds[hf.name], rounds[ours.name])]
   cells = ''.join(f'{v:9.2f}x' for v in ratios)
-  ratio = medians[hf.name] / medians[ours.name]
-  print(f'{"HF / ours":18s}{cells}{ratio:9.2f}x')
+  print(f'{"HF / ours":18s}{cells}{np.median(ratios):9.2f}x')
+  print(f'ratio of the medians: {medians[hf.name] / medians[ours.name]:.2f}x'
+        ' (the last cell above is the median of the per-round ratios, '
+        'which pairs measurements taken close in time)')
 
   last_ours, last_hf = ours.loss(-1), hf.loss(-1)
   print(f'\nloss at init: ours {first_ours:.4f}, HF {first_hf:.4f} '
@@ -383,13 +403,23 @@ def main():
 
   if args.breakdown:
     steps = max(args.steps, 3)
-    fwd_ours = float(np.median(ours.forward_times(steps)))
-    fwd_hf = float(np.median(hf.forward_times(steps)))
-    print(f'\nforward only (loss, no grad): ours {fwd_ours:.4f}s, HF '
-          f'{fwd_hf:.4f}s, HF/ours {fwd_hf / fwd_ours:.2f}x')
-    print('HF step split into parts (median s):')
-    for name, seconds in hf.part_times(steps).items():
-      print(f'  {name:34s} {seconds:.4f}')
+    parts = {}
+    for r in range(2):  # ours, HF, HF, ours: noise hits both
+      for side in (ours, hf) if r == 0 else (hf, ours):
+        for name, seconds in side.part_times(steps).items():
+          parts.setdefault(name, {}).setdefault(side.name, []).append(seconds)
+    print(f'\nstep split into parts (median s over {steps} steps, mean of 2 '
+          'rounds; ours: separately jitted pieces, HF: timed inside the step)')
+    print(f'{"":34s}{ours.name:>16s}{hf.name:>18s}{"HF / ours":>11s}')
+    for name, by_side in parts.items():
+      o, h = (float(np.mean(by_side[s])) if s in by_side else None
+              for s in (ours.name, hf.name))
+      cells = ''.join('' if v is None else f'{v:{w}.4f}'
+                      for v, w in [(o, 16), (h, 18)]) if o and h else (
+                          f'{o:16.4f}{"-":>18s}' if o else
+                          f'{"-":>16s}{h:18.4f}')
+      ratio = f'{h / o:10.2f}x' if o and h and o > 0 else ''
+      print(f'{name:34s}{cells}{ratio}')
 
 
 if __name__ == '__main__':

@@ -31,7 +31,7 @@ trap 'kill $BUILDER 2>/dev/null || true' EXIT
 
 .venv/bin/realm-pretrain --config=configs/pretrain.py:tiny \
   --workdir="$REALM" --config.corpus_dir="$ICT/corpus" \
-  --config.init_from="$ICT"
+  --config.init_from="$ICT" --config.num_train_steps=100
 wait $BUILDER
 trap - EXIT
 
@@ -56,9 +56,9 @@ print(f"REALM: step {first['step']} loss {first['loss']:.3f} -> step "
 print(f"       source block retrieved in the top 8: "
       f"{sum(r['source_recall'] for r in realm[-10:]) / 10:.2f} "
       f"(last 10 steps)")
-steps = sorted({r['index_step'] for r in realm})
+steps = sorted({int(r['index_step']) for r in realm})
 print(f"index versions used: {len(steps)} (checkpoint steps {steps}); "
-      f"max staleness {max(r['index_staleness'] for r in realm)} steps")
+      f"max staleness {int(max(r['index_staleness'] for r in realm))} steps")
 latest = json.loads((workdir / 'realm/index/LATEST').read_text())
 print(f"newest index: {latest['version']}")
 PY
