@@ -9,6 +9,7 @@ share, jitted and sharded over its local devices) -> build the MIPS index
 versions. Stops on WORKDIR/TRAINING_DONE once the last checkpoint is
 indexed, or on SIGTERM (between batches; the build resumes on restart).
 """
+import functools
 import json
 import signal
 import threading
@@ -115,16 +116,21 @@ class Builder:
     n, size = len(self.corpus), self.config.chunk_blocks
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
-  def _embed_chunks(self, step, building, chunks, todo) -> None:
+  @functools.cached_property
+  def _tower(self):
+    """(abstract tower params, jitted embed fn): made, and compiled, once."""
     model_config = read_model_config(self.workdir)
     graphdef, abstract_params = sharding.abstract_model(
         lambda: embedding.create_doc_tower(model_config), self.mesh,
         self.config.axis_rules)
+    return abstract_params, embedding.make_embed_fn(
+        graphdef, self.mesh, self.config.axis_rules)
+
+  def _embed_chunks(self, step, building, chunks, todo) -> None:
+    abstract_params, embed_fn = self._tower
     params = checkpointing.restore_subtree(
         self.checkpoints, step, checkpointing.DOC_TOWER_PATH,
         abstract_params)
-    embed_fn = embedding.make_embed_fn(graphdef, self.mesh,
-                                       self.config.axis_rules)
     batch_sharding = sharding.batch_sharding(self.mesh,
                                              self.config.axis_rules)
     total = sum(chunks[c][1] - chunks[c][0] for c in todo)

@@ -88,8 +88,8 @@ def train_step(state, batch, rng, *, graphdef, tx):
   dropout_key = jax.random.fold_in(rng, state['step'])
   grads, metrics = jax.grad(ict_loss, has_aux=True)(
       state['params'], batch, dropout_key, graphdef)
-  state, health = train_lib.apply_gradients(state, grads, tx)
-  return state, metrics | health
+  state = train_lib.apply_gradients(state, grads, tx)
+  return state, metrics | dict(l2_grads=optax.tree.norm(grads))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,

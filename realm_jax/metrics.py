@@ -31,6 +31,7 @@ class MetricWriter:
     for name, value in scalars.items():
       self._tb.add_scalar(name, value, step)
     self._jsonl.write(json.dumps(dict(step=step, **scalars)) + '\n')
+    self.flush()  # a killed trainer keeps every line it logged
     logging.info('step %d: %s', step, ', '.join(
         f'{k}={v:.4g}' for k, v in sorted(scalars.items())))
 

@@ -98,10 +98,13 @@ def train_step(state, batch, rng, *, graphdef, tx):
   dropout_key = jax.random.fold_in(rng, state['step'])
   grads, metrics = jax.grad(realm_loss, has_aux=True)(
       state['params'], batch, dropout_key, graphdef)
-  state, health = train_lib.apply_gradients(state, grads, tx)
-  return state, metrics | health | dict(
-      l2_grads_retriever=optax.tree.norm(grads['retriever']),
-      l2_grads_reader=optax.tree.norm(grads['reader']))
+  state = train_lib.apply_gradients(state, grads, tx)
+  # Norms read every gradient once more; two of them give the third.
+  retriever, reader = (optax.tree.norm(grads[k]) for k in ('retriever',
+                                                           'reader'))
+  return state, metrics | dict(
+      l2_grads_retriever=retriever, l2_grads_reader=reader,
+      l2_grads=jnp.sqrt(retriever**2 + reader**2))
 
 
 def null_document(tokenizer, block_len: int) -> dict[str, np.ndarray]:

@@ -61,15 +61,11 @@ def init_train_state(create_model: Callable[[], nnx.Module],
 
 
 def apply_gradients(state: PyTree, grads: PyTree,
-                    tx: optax.GradientTransformation) -> tuple[PyTree, dict]:
-  """One optimiser update; returns the new state and health metrics."""
+                    tx: optax.GradientTransformation) -> PyTree:
+  """One optimiser update of {'step', 'params', 'opt_state'}."""
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
-  health = dict(l2_grads=optax.tree.norm(grads),
-                l2_params=optax.tree.norm(params),
-                l2_updates=optax.tree.norm(updates))
-  return dict(step=state['step'] + 1, params=params,
-              opt_state=opt_state), health
+  return dict(step=state['step'] + 1, params=params, opt_state=opt_state)
 
 
 def jit_train_step(step_fn: Callable, shardings: PyTree, batch_sharding,

@@ -49,13 +49,18 @@ def _env():
 
 
 def _start_builder(workdir):
+  # Logs go to a file: a pipe nobody reads fills up and blocks the builder.
+  log = open(workdir / 'index_builder.log', 'w')  # pylint: disable=consider-using-with
   return subprocess.Popen(
       [sys.executable, '-m', 'index_builder.main',
        f'--config={CONFIGS}/index_builder.py:tiny', f'--workdir={workdir}',
        '--config.embed_batch_size=16', '--config.chunk_blocks=64',
        '--config.poll_seconds=0.2'],
-      cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, text=True)
+      cwd=REPO_ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+
+
+def _builder_log(workdir):
+  return (workdir / 'index_builder.log').read_text()[-3000:]
 
 
 @pytest.fixture(scope='module')
@@ -89,7 +94,7 @@ def test_pretrain_hot_swaps_indices_built_beside_it(ict_workdir, tmp_path):
     config.checkpoint.max_to_keep = 100  # keep step 0 to compare with ICT
     last = pretrain.train_and_evaluate(config, str(workdir))
     # TRAINING_DONE: the builder indexes the last checkpoint and exits.
-    assert builder.wait(timeout=300) == 0, builder.stderr.read()[-3000:]
+    assert builder.wait(timeout=600) == 0, _builder_log(workdir)
   finally:
     builder.kill()
   rows = _metrics(workdir)
@@ -139,9 +144,10 @@ def test_sigkilled_pretrain_resumes(ict_workdir, tmp_path):
     trainer.wait()
     killed_at = manager.latest_step()
     assert 10 <= killed_at < 30
-    subprocess.run(command, cwd=REPO_ROOT, env=_env(), check=True,
-                   capture_output=True, timeout=600)
-    assert builder.wait(timeout=300) == 0
+    restarted = subprocess.run(command, cwd=REPO_ROOT, env=_env(),
+                               capture_output=True, text=True, timeout=600)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert builder.wait(timeout=600) == 0, _builder_log(workdir)
   finally:
     builder.kill()
   steps = [r['step'] for r in _metrics(workdir)]
