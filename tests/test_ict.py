@@ -1,11 +1,9 @@
 """Inverse Cloze Task: examples, loss, sharded training, resume."""
 import importlib.util
 import json
-import shutil
 
 import jax
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -14,7 +12,6 @@ from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
 from realm_jax import ict
 from realm_jax import ict_input
-from realm_jax import sharding
 
 
 def _ict_config(**overrides):

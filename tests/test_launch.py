@@ -2,7 +2,6 @@
 command run through a fake tmux, a real run against a fake gcloud, flag
 errors, and shellcheck when it is installed. No network, no gcloud."""
 import os
-import pathlib
 import shlex
 import shutil
 import subprocess

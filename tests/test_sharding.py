@@ -1,7 +1,6 @@
 """Mesh construction, parameter shardings, and 8-device == 1-device results."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
