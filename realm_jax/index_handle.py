@@ -56,8 +56,13 @@ class IndexHandle:
       self._stop.wait(self._poll_seconds)
 
   def refresh(self) -> bool:
-    """Loads the version LATEST names if it is new; True if one was parked."""
-    self._retired = None  # frees device buffers here, not on the trainer
+    """Loads the version LATEST names if it is new; True if one was parked.
+
+    Also does the bookkeeping a swap leaves, off the training thread: frees
+    the swapped-out version and renews the lease on the versions held.
+    """
+    self._retired = None
+    self._renew_lease()
     try:
       pointer = self.store.pointer()
     except Exception as e:  # pylint: disable=broad-except
@@ -79,6 +84,7 @@ class IndexHandle:
       return False
     with self._lock:
       self._pending = loaded
+    self._renew_lease()
     logging.info('Loaded index %s (checkpoint step %d)', version,
                  loaded[1]['checkpoint_step'])
     return True
@@ -86,15 +92,22 @@ class IndexHandle:
   # -- the training thread ---------------------------------------------------
 
   def maybe_swap(self) -> bool:
-    """Makes a parked version current. Call between train steps."""
+    """Makes a parked version current: a reference swap, no I/O. Call
+    between train steps."""
     with self._lock:
       if self._pending is None:
         return False
       self._retired = self._current
       self._current, self._pending = self._pending, None
-      version = self._current[1]['version']
-    self.store.write_lease(self._reader_id, version)
     return True
+
+  def _renew_lease(self) -> None:
+    """Protects the current and parked versions from the builder's cleanup
+    (a lease naming a version just swapped out only over-protects)."""
+    with self._lock:
+      held = {v[1]['version'] for v in (self._current, self._pending) if v}
+    if held:
+      self.store.write_lease(self._reader_id, held)
 
   def wait_until_ready(self, timeout_seconds: float) -> None:
     """Blocks until a version is current (e.g. the first one at start)."""

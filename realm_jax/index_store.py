@@ -12,7 +12,7 @@ building/ and renamed into place before LATEST names it, so through the
 pointer a reader only ever sees complete versions. The builder never deletes
 the version LATEST names nor one a live lease names.
 """
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 import hashlib
 import json
 import os
@@ -156,11 +156,12 @@ class IndexStore:
     logging.info('Published index %s', final)
     return version
 
-  def write_lease(self, reader: str, version: str) -> None:
+  def write_lease(self, reader: str, versions: Iterable[str]) -> None:
+    """Records the versions a reader holds; the builder keeps them."""
     leases = self.directory / 'leases'
     leases.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(leases / f'{reader}.json',
-                      json.dumps(dict(version=version, time=time.time())))
+    atomic_write_text(leases / f'{reader}.json', json.dumps(
+        dict(versions=sorted(versions), time=time.time())))
 
   def leased_versions(self, ttl_seconds: float) -> set[str]:
     leases = self.directory / 'leases'
@@ -173,7 +174,7 @@ class IndexStore:
       except (FileNotFoundError, json.JSONDecodeError):
         continue  # being replaced right now
       if now - lease['time'] < ttl_seconds:
-        leased.add(lease['version'])
+        leased.update(lease['versions'])
     return leased
 
   def delete_old_versions(self, keep: int, lease_ttl_seconds: float

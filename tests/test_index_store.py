@@ -114,7 +114,7 @@ def test_retention_keeps_newest_pointer_and_leased(tmp_path):
   store = index_store.IndexStore(tmp_path / 'index')
   for step in range(1, 7):
     _publish(store, step)
-  store.write_lease('trainer-0', index_store.version_name(2))
+  store.write_lease('trainer-0', [index_store.version_name(2)])
   deleted = store.delete_old_versions(keep=3, lease_ttl_seconds=60)
   assert deleted == [index_store.version_name(s) for s in (1, 3)]
   assert store.versions() == [index_store.version_name(s)
