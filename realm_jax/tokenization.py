@@ -139,5 +139,8 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
   path = pathlib.Path(path)
   if path.suffix == '.model':
     return SentencePieceTokenizer(path)
+  if path.suffix == '.txt':  # a BERT WordPiece vocab.txt
+    from realm_jax import wordpiece  # pylint: disable=g-import-not-at-top
+    return wordpiece.WordPieceTokenizer(path)
   raise ValueError(f'{path}: unknown tokenizer file type; expected a '
-                   'SentencePiece .model file')
+                   'SentencePiece .model or a WordPiece vocab .txt file')

@@ -259,3 +259,25 @@ def test_unsupported_config_is_named(checkpoint_dir, field, value):
   shown = value[0] if isinstance(value, list) else value
   with pytest.raises(ValueError, match=shown):
     bert_import.bert_model_config(hf)
+
+
+def test_prepare_corpus_with_the_checkpoint_vocab(checkpoint_dir, tmp_path):
+  """Blocks tokenized with the BERT vocab, so blocks and model agree."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from conftest import CONFIGS  # pylint: disable=g-import-not-at-top
+  from realm_jax import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
+  from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'prepare_corpus_config', CONFIGS / 'prepare_corpus.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('tiny')
+  config.input.synthetic_docs = 30
+  config.tokenizer.path = str(checkpoint_dir / 'vocab.txt')
+  prepare_corpus.prepare_corpus(config, str(tmp_path))
+  corpus = corpus_lib.Corpus(tmp_path / 'corpus')
+  assert isinstance(corpus.tokenizer, wordpiece.WordPieceTokenizer)
+  assert corpus.tokenizer.vocab_size == 30522
+  record = corpus.records([0])[0]
+  expected = corpus.tokenizer.encode(record['text'])
+  np.testing.assert_array_equal(corpus.body_tokens(0), expected)
