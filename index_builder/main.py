@@ -58,6 +58,9 @@ class Builder:
 
   def run(self, once: bool = False) -> None:
     while not self.stop.is_set():
+      # Read the marker before the checkpoints: the trainer writes it after
+      # its last checkpoint, so that checkpoint is then surely listed.
+      training_done = (self.workdir / train_lib.TRAINING_DONE).exists()
       self.checkpoints.reload()
       step = self.checkpoints.latest_step()
       indexed = self.store.latest_step()
@@ -70,7 +73,7 @@ class Builder:
         logging.info('Nothing to build: newest checkpoint %s, newest index '
                      '%s', step, indexed)
         return
-      if (self.workdir / train_lib.TRAINING_DONE).exists():
+      if training_done:
         logging.info('Training is done and checkpoint %s is indexed.', step)
         return
       self.stop.wait(self.config.poll_seconds)
