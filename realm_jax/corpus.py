@@ -20,6 +20,7 @@ memory-mapped, so a reader of a 13M-block corpus holds little in memory.
 """
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 import array
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -274,6 +275,37 @@ def _write_blocks(directory: pathlib.Path,
       wall_time_s=time.time() - start)
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str], overwrite: bool,
+                  overwrite_hint: str) -> Iterator[pathlib.Path]:
+  """Yields `<path>.tmp` to fill; renames it to `path` once the block exits
+  cleanly, removes it if it raises. A crash leaves no partial folder, and
+  the next call cleans up after it."""
+  path = pathlib.Path(path)
+  if path.exists() and not overwrite:
+    raise FileExistsError(f'{path} exists; {overwrite_hint} to replace it')
+  temporary = path.with_name(f'{path.name}.tmp')
+  old = path.with_name(f'{path.name}.old')
+  # A crash between the two renames below leaves only `old`, which is still
+  # the complete previous folder.
+  if old.exists() and not path.exists():
+    old.rename(path)
+  for leftover in (temporary, old):
+    if leftover.exists():
+      shutil.rmtree(leftover)
+  temporary.mkdir(parents=True)
+  try:
+    yield temporary
+  except BaseException:
+    shutil.rmtree(temporary, ignore_errors=True)
+    raise
+  if path.exists():
+    path.rename(old)
+  temporary.rename(path)
+  if old.exists():
+    shutil.rmtree(old)
+
+
 def write_corpus(path: str | os.PathLike[str],
                  docs: Iterable[Mapping[str, str]],
                  tokenizer: tokenization.Tokenizer,
@@ -295,21 +327,8 @@ def write_corpus(path: str | os.PathLike[str],
   `docs` update with the bytes they read, its digest recorded once `docs`
   is consumed. Returns the manifest.
   """
-  path = pathlib.Path(path)
-  if path.exists() and not overwrite:
-    raise FileExistsError(f'{path} exists; set config.corpus.overwrite=True '
-                          'to replace it')
-  temporary, old = path.with_name(f'{path.name}.tmp'), path.with_name(
-      f'{path.name}.old')
-  # Leftovers of an interrupted run: a crash between the two renames below
-  # leaves only `old`, which is still the complete previous corpus.
-  if old.exists() and not path.exists():
-    old.rename(path)
-  for leftover in (temporary, old):
-    if leftover.exists():
-      shutil.rmtree(leftover)
-  temporary.mkdir(parents=True)
-  try:
+  with atomic_folder(path, overwrite,
+                     'set config.corpus.overwrite=True') as temporary:
     manifest = _write_blocks(temporary, docs, tokenizer,
                              pathlib.Path(tokenizer_file), block_len,
                              max_title_len, shard_size, batch_size)
@@ -317,14 +336,6 @@ def write_corpus(path: str | os.PathLike[str],
     if fingerprint is not None:
       manifest['source']['fingerprint'] = f'sha256:{fingerprint.hexdigest()}'
     (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n')
-  except BaseException:
-    shutil.rmtree(temporary, ignore_errors=True)
-    raise
-  if path.exists():
-    path.rename(old)
-  temporary.rename(path)
-  if old.exists():
-    shutil.rmtree(old)
   return manifest
 
 

@@ -29,7 +29,6 @@ import datetime
 import json
 import os
 import pathlib
-import shutil
 import time
 from typing import Any
 
@@ -228,27 +227,11 @@ def prepare_examples(corpus: corpus_lib.Corpus,
   """
   if isinstance(annotator, str):
     annotator = salient_spans.load_annotator(annotator)
-  path = pathlib.Path(directory)
-  if path.exists() and not overwrite:
-    raise FileExistsError(f'{path} exists; pass overwrite=True to replace it')
-  temporary, old = (path.with_name(f'{path.name}.{suffix}')
-                    for suffix in ('tmp', 'old'))
-  for leftover in (temporary, old):
-    if leftover.exists():
-      shutil.rmtree(leftover)
-  temporary.mkdir(parents=True)
-  try:
+  with corpus_lib.atomic_folder(directory, overwrite,
+                                'pass overwrite=True') as temporary:
     manifest = _write_examples(corpus, temporary, annotator, query_len,
                                max_masks, batch_size)
     (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n')
-  except BaseException:
-    shutil.rmtree(temporary, ignore_errors=True)
-    raise
-  if path.exists():
-    path.rename(old)
-  temporary.rename(path)
-  if old.exists():
-    shutil.rmtree(old)
   return manifest
 
 
