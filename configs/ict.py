@@ -5,6 +5,14 @@ Inverse Cloze Task warm start of the retriever (ORQA ict_experiment.py).
 Variants: tiny (CPU, seconds), base (BERT-base, paper: batch 4096, lr 1e-4,
 100k steps), large. Needs WORKDIR/corpus from configs/prepare_corpus.py with
 the same variant (vocabulary and block length must agree).
+
+From a BERT-family checkpoint (Hugging Face layout; the model sizes come
+from its config.json, the corpus must be prepared with its vocab.txt), e.g.
+all-MiniLM-L6-v2 as a sentence embedder (mean pooling, no projection):
+
+  realm-ict --config=configs/ict.py:tiny --workdir=/tmp/realm \
+    --config.init.bert_checkpoint=/path/to/all-MiniLM-L6-v2 \
+    --config.model.pooling=mean --config.model.projection_size=0
 """
 import ml_collections
 
@@ -17,6 +25,7 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   tiny = arg == 'tiny'
   config = ml_collections.ConfigDict()
   config.corpus_dir = ''  # '' = WORKDIR/corpus
+  config.init = config_lib.init_config()
   config.model = config_lib.model_config(arg, vocab_size=8000 if tiny
                                          else 30522)
   config.lengths = config_lib.lengths_config()

@@ -8,6 +8,11 @@ this run's checkpoints; the first index comes from step 0). `init_from`
 names an ICT workdir whose retriever seeds this run; `corpus_dir` defaults
 to WORKDIR/corpus. Variants: tiny (CPU), base (paper: batch 512, lr 3e-5,
 200k steps), large.
+
+`init.bert_checkpoint` (a Hugging Face BERT directory) initialises the
+retriever towers and the reader (and its MLM head, when the checkpoint has
+one) and sets the model sizes; `init_from` then replaces the retriever with
+the ICT run's. The corpus must be tokenized with the checkpoint's vocab.txt.
 """
 import ml_collections
 
@@ -21,6 +26,7 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.corpus_dir = ''  # '' = WORKDIR/corpus
   config.init_from = ''  # an ICT workdir ('' = fresh retriever)
+  config.init = config_lib.init_config()
   config.model = config_lib.model_config(arg, vocab_size=8000 if tiny
                                          else 30522)
   config.lengths = config_lib.lengths_config()

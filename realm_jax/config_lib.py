@@ -19,6 +19,9 @@ AXIS_RULES = (
     ('span', 'model'),
 )
 
+# Retriever tower pooling (models.RetrieverTower).
+POOLINGS = ('cls', 'mean')
+
 _SIZES = {
     #        layers hidden heads  mlp
     'tiny': (2, 128, 2, 512),
@@ -44,7 +47,12 @@ def model_config(size: str, vocab_size: int) -> ml_collections.ConfigDict:
       attention_dropout_rate=0.1,
       layer_norm_eps=1e-12,
       dtype='float32',  # activations; 'bfloat16' on TPU
-      # Retriever: pooled [CLS] -> Dense(projection_size) -> LayerNorm(1e-3).
+      # Retriever tower: pool -> Dense(projection_size) -> LayerNorm(1e-3).
+      # pooling: 'cls' (BERT's pooler, REALM) | 'mean' (masked mean of the
+      # last hidden states, sentence-transformers). projection_size 0 (or
+      # None): no projection and no LayerNorm, the tower outputs the pooled
+      # hidden_size vector.
+      pooling='cls',
       projection_size=128,
       projection_layer_norm_eps=1e-3,
       share_towers=True,  # REALM's share_embedders=True
@@ -52,6 +60,18 @@ def model_config(size: str, vocab_size: int) -> ml_collections.ConfigDict:
       span_hidden_size=256,
       max_span_width=10,
   ))
+
+
+def init_config() -> ml_collections.ConfigDict:
+  """Where a job's fresh parameters come from (not used on resume).
+
+  bert_checkpoint: a BERT-family checkpoint directory in the Hugging Face
+  layout (config.json, model.safetensors, vocab.txt); '' = from scratch.
+  When set, the model's encoder sizes are taken from its config.json and
+  every BERT encoder is initialised from it (bert_import.init_from_bert);
+  the corpus must be tokenized with its vocab.txt.
+  """
+  return ml_collections.ConfigDict(dict(bert_checkpoint=''))
 
 
 def mesh_config(data: int = -1, model: int = 1) -> ml_collections.ConfigDict:
@@ -97,9 +117,12 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
         f'{model.num_heads}')
   check(model.dtype in ('float32', 'bfloat16'), 'model.dtype',
         f'{model.dtype!r} is not float32 or bfloat16')
-  for field in ('num_layers', 'vocab_size', 'projection_size',
-                'max_span_width'):
+  for field in ('num_layers', 'vocab_size', 'max_span_width'):
     check(model[field] > 0, f'model.{field}', 'must be > 0')
+  check(model.pooling in POOLINGS, 'model.pooling',
+        f'{model.pooling!r} is not one of {POOLINGS}')
+  check(model.projection_size is None or model.projection_size >= 0,
+        'model.projection_size', 'must be >= 0 (0 or None: no projection)')
   for field in ('dropout_rate', 'attention_dropout_rate'):
     check(0.0 <= model[field] < 1.0, f'model.{field}', 'must be in [0, 1)')
 

@@ -19,7 +19,11 @@ def create_doc_tower(model_config: ml_collections.ConfigDict) -> nnx.Module:
 
 def make_embed_fn(graphdef: nnx.GraphDef, mesh,
                   axis_rules) -> Callable[[dict, dict], jax.Array]:
-  """jit((tower params, block batch) -> float32 [B, projection_size]).
+  """jit((tower params, block batch) -> float32 [B, D]).
+
+  D is the tower's output width: projection_size, or hidden_size when the
+  model has no projection (projection_size 0); the index takes D from the
+  embeddings it is built from.
 
   The batch is split over the mesh's data axis, the tower's parameters are
   placed as their logical axes say.

@@ -7,6 +7,10 @@ the query/document towers with in-batch negatives, writes orbax checkpoints
 to WORKDIR/checkpoints (the index builder and realm-pretrain start from
 them) and TensorBoard metrics to WORKDIR/logs. Killed, it resumes from the
 latest checkpoint and the next unseen batch.
+
+With `config.init.bert_checkpoint` (a Hugging Face BERT directory) the
+towers start from that checkpoint (bert_import.init_from_bert) and take its
+sizes; the corpus must be tokenized with its vocab.txt.
 """
 import functools
 
@@ -19,6 +23,7 @@ import ml_collections
 import optax
 import tqdm
 
+from realm_jax import bert_import
 from realm_jax import checkpointing
 from realm_jax import cli
 from realm_jax import config_lib
@@ -59,6 +64,8 @@ def validate_against_corpus(config, corpus: corpus_lib.Corpus) -> None:
                    'model.vocab_size',
                    f'{config.model.vocab_size} < the corpus tokenizer\'s '
                    f'{corpus.tokenizer.vocab_size} word pieces')
+  if config.init.bert_checkpoint:
+    bert_import.check_vocab(corpus.tokenizer, config.init.bert_checkpoint)
 
 
 def ict_loss(params, batch, dropout_key, graphdef):
@@ -94,6 +101,7 @@ def train_step(state, batch, rng, *, graphdef, tx):
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Trains ICT; returns the metrics of the last logged step."""
+  config = bert_import.apply_init_config(config)
   validate(config, jax.device_count())
   workdir = epath.Path(workdir)
   corpus = corpus_lib.Corpus(config.corpus_dir or workdir / 'corpus')
@@ -107,6 +115,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   graphdef, state, shardings, position = train_lib.init_train_state(
       lambda: RetrieverModel(config.model, rngs=nnx.Rngs(config.seed)),
       tx, mesh, config.axis_rules, manager)
+  if position is None and config.init.bert_checkpoint:
+    state = dict(state, params=bert_import.init_job_params(
+        state['params'], shardings['params'], config))
   logging.info('Parameters:\n%s', sharding.describe(state['params']))
   start_step = position['next_step'] if position else 0
 

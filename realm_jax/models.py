@@ -2,7 +2,7 @@
 
     REALM
     ├── retriever: Retriever
-    │   ├── doc_tower: RetrieverTower     BERT -> pooled [CLS] -> Dense -> LN
+    │   ├── doc_tower: RetrieverTower     BERT -> pool -> Dense -> LN (optional)
     │   └── query_tower: RetrieverTower   only when config.share_towers=False
     └── reader: Reader                    BERT + MLM head + ORQA span head
 
@@ -202,24 +202,52 @@ class BertEncoder(nnx.Module):
     return x, jnp.tanh(self.pooler(x[:, 0]))
 
 
+def mean_pool(sequence: jax.Array, input_mask: jax.Array) -> jax.Array:
+  """[B, L, H], [B, L] -> [B, H]: the mean over real tokens, in float32.
+
+  sentence-transformers' Pooling(mean): padding never counts, and a row
+  without tokens gives zeros instead of NaN.
+  """
+  mask = input_mask.astype(jnp.float32)[..., None]
+  total = (sequence.astype(jnp.float32) * mask).sum(1)
+  return total / jnp.maximum(mask.sum(1), 1e-9)
+
+
 class RetrieverTower(nnx.Module):
-  """BERT's pooled [CLS] -> Dense(projection_size) -> LayerNorm -> dropout."""
+  """BERT -> pooled vector -> [Dense(projection_size) -> LayerNorm -> dropout].
+
+  `config.pooling`: 'cls' is BERT's pooler (tanh(Dense([CLS]))), as REALM;
+  'mean' the masked mean of the last hidden states, as sentence-transformers.
+  A `config.projection_size` of 0 (or None) drops the projection, its
+  LayerNorm and dropout: the tower outputs the pooled vector (hidden_size),
+  e.g. to retrieve zero-shot with a sentence-embedding checkpoint.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    # Runs recorded before the field existed (their config.json) pool [CLS].
+    self.pooling = config.get('pooling', 'cls')
     self.encoder = BertEncoder(config, rngs=rngs)
-    self.projection = _linear(config.hidden_size, config.projection_size,
-                              ('embed', 'projection'), ('projection',), config,
-                              rngs=rngs)
-    self.norm = _layer_norm(config.projection_size,
-                            config.projection_layer_norm_eps, 'projection',
-                            config, rngs=rngs)
-    # ORQA drops out the projected vector itself during training.
-    self.dropout = Dropout(config.dropout_rate)
+    if config.projection_size:
+      self.projection = _linear(config.hidden_size, config.projection_size,
+                                ('embed', 'projection'), ('projection',),
+                                config, rngs=rngs)
+      self.norm = _layer_norm(config.projection_size,
+                              config.projection_layer_norm_eps, 'projection',
+                              config, rngs=rngs)
+      # ORQA drops out the projected vector itself during training.
+      self.dropout = Dropout(config.dropout_rate)
+    else:
+      self.projection = None
 
   def __call__(self, token_ids, segment_ids, input_mask, *,
                rngs=None) -> jax.Array:
-    """[B, L] ints -> [B, projection_size] in config.dtype."""
-    _, pooled = self.encoder(token_ids, segment_ids, input_mask, rngs=rngs)
+    """[B, L] ints -> [B, projection_size or hidden_size] in config.dtype."""
+    sequence, pooled = self.encoder(token_ids, segment_ids, input_mask,
+                                    rngs=rngs)
+    if self.pooling == 'mean':
+      pooled = mean_pool(sequence, input_mask).astype(sequence.dtype)
+    if self.projection is None:
+      return pooled
     return self.dropout(self.norm(self.projection(pooled)), rngs=rngs)
 
 

@@ -10,10 +10,13 @@ stale index only chooses them; the gradient reaches the retriever),
 p(z|x) = softmax of the K scores, and the reader's masked-token marginal
 likelihood sum_z p(z|x) p(y|z,x), per masked token (realm/model.py).
 
-Starts from an ICT run (`config.init_from`), saves step 0 so the index
-builder can embed the corpus with it, and waits for that first index.
+Starts from a BERT checkpoint (`config.init.bert_checkpoint`: every encoder
+and, when it has one, the MLM head) and/or an ICT run (`config.init_from`:
+the retriever, replacing BERT's), saves step 0 so the index builder can
+embed the corpus with it, and waits for that first index.
 """
 import functools
+import json
 
 from absl import logging
 from etils import epath
@@ -26,6 +29,7 @@ import numpy as np
 import optax
 import tqdm
 
+from realm_jax import bert_import
 from realm_jax import checkpointing
 from realm_jax import cli
 from realm_jax import config_lib
@@ -192,13 +196,27 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   checkpointing.validate(config.checkpoint)
 
 
+# Model fields the retriever's parameters or outputs depend on: an init_from
+# run must agree on them.
+_RETRIEVER_FIELDS = (*bert_import.ARCHITECTURE_FIELDS, 'pooling',
+                     'projection_size', 'share_towers')
+
+
 def _init_retriever_from(state, init_from: str, mesh, axis_rules, config):
   """Copies the retriever of another run's (e.g. ICT's) latest checkpoint."""
-  manager = checkpointing.make_manager(epath.Path(init_from) / 'checkpoints',
+  workdir = epath.Path(init_from)
+  manager = checkpointing.make_manager(workdir / 'checkpoints',
                                        read_only=True)
   step = manager.latest_step()
   config_lib.check(step is not None, 'init_from',
                    f'no checkpoint in {init_from}/checkpoints')
+  theirs = json.loads((workdir / 'config.json').read_text())['model']
+  theirs.setdefault('pooling', 'cls')  # runs from before the field existed
+  for field in _RETRIEVER_FIELDS:
+    config_lib.check(
+        theirs.get(field) == config.model[field], f'model.{field}',
+        f'{config.model[field]} != {theirs.get(field)} of the init_from run '
+        f'{init_from}')
   _, abstract = sharding.abstract_model(
       lambda: models.REALM(config.model, rngs=nnx.Rngs(0)), mesh, axis_rules)
   retriever = checkpointing.restore_subtree(
@@ -210,12 +228,15 @@ def _init_retriever_from(state, init_from: str, mesh, axis_rules, config):
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Pre-trains REALM; returns the metrics of the last logged step."""
+  config = bert_import.apply_init_config(config)
   validate(config, jax.device_count())
   workdir = epath.Path(workdir)
   corpus = corpus_lib.Corpus(config.corpus_dir or workdir / 'corpus')
   config_lib.check(config.model.vocab_size >= corpus.tokenizer.vocab_size,
                    'model.vocab_size', f'{config.model.vocab_size} < the '
                    f'corpus vocabulary {corpus.tokenizer.vocab_size}')
+  if config.init.bert_checkpoint:
+    bert_import.check_vocab(corpus.tokenizer, config.init.bert_checkpoint)
   config_lib.check(config.lengths.block_len == corpus.block_len,
                    'lengths.block_len', f'!= corpus block_len '
                    f'{corpus.block_len}')
@@ -228,7 +249,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   create = lambda: models.REALM(config.model, rngs=nnx.Rngs(config.seed))
   graphdef, state, shardings, position = train_lib.init_train_state(
       create, tx, mesh, config.axis_rules, manager)
-  if position is None:
+  if position is None:  # a fresh start: BERT first, then ICT's retriever
+    if config.init.bert_checkpoint:
+      state = dict(state, params=bert_import.init_job_params(
+          state['params'], shardings['params'], config))
     if config.init_from:
       state = _init_retriever_from(state, config.init_from, mesh,
                                    config.axis_rules, config)

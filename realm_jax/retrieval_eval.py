@@ -14,7 +14,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from realm_jax import bert_import
 from realm_jax import checkpointing
+from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
 from realm_jax import mips
 from realm_jax import models
@@ -37,13 +39,14 @@ def read_questions(path: epath.PathLike) -> list[dict]:
 
 def question_inputs(tokenizer, questions: Sequence[str],
                     query_len: int) -> dict[str, np.ndarray]:
-  """[CLS] question [SEP], truncated to query_len."""
-  ids = np.zeros((len(questions), query_len), np.int32)
+  """[CLS] question [SEP], truncated to query_len, padded with [PAD]."""
+  ids = np.full((len(questions), query_len), tokenizer.pad_id, np.int32)
+  mask = np.zeros_like(ids)
   for row, pieces in enumerate(tokenizer.encode_batch(list(questions))):
     tokens = [tokenizer.cls_id, *pieces[:query_len - 2], tokenizer.sep_id]
     ids[row, :len(tokens)] = tokens
-  return dict(token_ids=ids, segment_ids=np.zeros_like(ids),
-              input_mask=(ids != 0).astype(np.int32))
+    mask[row, :len(tokens)] = 1
+  return dict(token_ids=ids, segment_ids=np.zeros_like(ids), input_mask=mask)
 
 
 def load_retriever(workdir: epath.PathLike | None,
@@ -67,20 +70,54 @@ def load_retriever(workdir: epath.PathLike | None,
   return nnx.merge(graphdef, params)
 
 
+def bert_retriever(checkpoint_dir: epath.PathLike, seed: int = 0,
+                   **model_overrides) -> models.Retriever:
+  """A retriever whose towers are a BERT checkpoint, e.g. a sentence
+  embedder: bert_retriever(dir, pooling='mean', projection_size=0)."""
+  model_config = config_lib.model_config('base', vocab_size=1)
+  model_config.update(model_overrides)
+  model_config = bert_import.checkpoint_model_config(model_config,
+                                                     checkpoint_dir)
+  graphdef, state = nnx.split(models.Retriever(model_config,
+                                               rngs=nnx.Rngs(seed)))
+  params = bert_import.init_from_bert(
+      {'retriever': nnx.to_pure_dict(state)}, model_config, checkpoint_dir)
+  return nnx.merge(graphdef, params['retriever'])
+
+
+# Batches are cut to their longest row, rounded up to this many tokens: the
+# padding of short blocks is never computed, and few shapes are compiled.
+_LENGTH_BUCKET = 32
+
+
 def _embed(tower_fn, inputs: dict, batch_size: int) -> np.ndarray:
+  """Embeds rows in order of length (trailing padding cut off per batch;
+  the towers mask it, so the vectors are the same)."""
   fn = jax.jit(tower_fn)
+  lengths = inputs['input_mask'].sum(1)
+  order = np.argsort(lengths, kind='stable')
+  full = inputs['token_ids'].shape[1]
   outputs = []
-  for start in range(0, len(inputs['token_ids']), batch_size):
-    batch = {k: v[start:start + batch_size] for k, v in inputs.items()}
-    outputs.append(np.asarray(fn(batch['token_ids'], batch['segment_ids'],
-                                 batch['input_mask'])))
-  return np.concatenate(outputs)
+  for start in range(0, len(order), batch_size):
+    rows = order[start:start + batch_size]
+    length = min(full, -(-int(lengths[rows].max()) // _LENGTH_BUCKET)
+                 * _LENGTH_BUCKET)
+    batch = {k: v[rows, :length] for k, v in inputs.items()}
+    if len(rows) < batch_size:  # one batch shape per length
+      batch = {k: np.pad(v, ((0, batch_size - len(rows)), (0, 0)))
+               for k, v in batch.items()}
+    vectors = fn(batch['token_ids'], batch['segment_ids'], batch['input_mask'])
+    outputs.append(np.asarray(vectors, np.float32)[:len(rows)])
+  in_order = np.concatenate(outputs)
+  vectors = np.empty_like(in_order)
+  vectors[order] = in_order
+  return vectors
 
 
-def dense_retrieve(retriever: models.Retriever, corpus: corpus_lib.Corpus,
-                   questions: Sequence[str], k: int, query_len: int = 96,
-                   batch_size: int = 64) -> np.ndarray:
-  """Top-k block ids [Q, k] by inner product (exact search)."""
+def dense_vectors(retriever: models.Retriever, corpus: corpus_lib.Corpus,
+                  questions: Sequence[str], query_len: int = 96,
+                  batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+  """float32 (block vectors [N, D], question vectors [Q, D])."""
   blocks = corpus.blocks(np.arange(len(corpus)))
   block_inputs = {key: blocks[key] for key in ('token_ids', 'segment_ids',
                                                'input_mask')}
@@ -88,10 +125,24 @@ def dense_retrieve(retriever: models.Retriever, corpus: corpus_lib.Corpus,
   query_vectors = _embed(
       retriever.embed_queries,
       question_inputs(corpus.tokenizer, questions, query_len), batch_size)
+  return block_vectors, query_vectors
+
+
+def exact_search(block_vectors: np.ndarray, query_vectors: np.ndarray,
+                 k: int) -> np.ndarray:
+  """Top-k block ids [Q, k] by inner product."""
   config = mips.index_config()
   config.kind = 'exact'
   ids, _ = mips.build_index(block_vectors, config).search(query_vectors, k)
   return ids
+
+
+def dense_retrieve(retriever: models.Retriever, corpus: corpus_lib.Corpus,
+                   questions: Sequence[str], k: int, query_len: int = 96,
+                   batch_size: int = 64) -> np.ndarray:
+  """Top-k block ids [Q, k] by inner product (exact search)."""
+  return exact_search(*dense_vectors(retriever, corpus, questions, query_len,
+                                     batch_size), k)
 
 
 def bm25_retrieve(corpus: corpus_lib.Corpus, questions: Sequence[str],

@@ -20,7 +20,9 @@ from flax import nnx
 from safetensors import numpy as safetensors_numpy
 
 from realm_jax import bert_import
+from realm_jax import config_lib
 from realm_jax import models
+from realm_jax import retrieval_eval
 from realm_jax import wordpiece
 
 SENTENCES = (
@@ -233,7 +235,8 @@ def test_prefixed_checkpoint_without_pooler(checkpoint_dir, tmp_path):
   params = bert_import.import_bert_encoder(converted, notes=notes)
   original = bert_import.import_bert_encoder(checkpoint_dir)
   assert any('pooler' in note and 'fresh' in note for note in notes), notes
-  assert any('outside' in note for note in notes), notes
+  assert any('unused' in note and 'cls.predictions.bias' in note
+             for note in notes), notes
   for path in (('layers', 5, 'mlp', 'output', 'kernel'),
                ('embeddings', 'token_embed', 'embedding')):
     got, want = params, original
@@ -281,3 +284,192 @@ def test_prepare_corpus_with_the_checkpoint_vocab(checkpoint_dir, tmp_path):
   record = corpus.records([0])[0]
   expected = corpus.tokenizer.encode(record['text'])
   np.testing.assert_array_equal(corpus.body_tokens(0), expected)
+
+
+# --- init_from_bert: the whole model ---------------------------------------
+
+
+def _get(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _model_config(checkpoint_dir, **overrides):
+  """A job's model config (tiny variant) with the checkpoint's sizes."""
+  config = config_lib.model_config('tiny', vocab_size=1000)
+  config.update(overrides)
+  return bert_import.checkpoint_model_config(config, checkpoint_dir)
+
+
+def _fresh_params(config):
+  return nnx.to_pure_dict(nnx.state(models.REALM(config, rngs=nnx.Rngs(0))))
+
+
+def test_checkpoint_model_config_takes_sizes_keeps_the_rest(checkpoint_dir):
+  config = _model_config(checkpoint_dir, pooling='mean', projection_size=0,
+                         dropout_rate=0.0)
+  assert (config.vocab_size, config.hidden_size, config.num_layers,
+          config.num_heads, config.intermediate_size) == (30522, 384, 6, 12,
+                                                          1536)
+  assert (config.pooling, config.projection_size, config.dropout_rate) == (
+      'mean', 0, 0.0)
+  with pytest.raises(AttributeError):
+    config.no_such_field = 1  # still locked
+
+
+def test_init_from_bert_fills_every_encoder_keeps_heads_fresh(
+    checkpoint_dir):
+  config = _model_config(checkpoint_dir, share_towers=False)
+  fresh = _fresh_params(config)
+  notes = []
+  params = bert_import.init_from_bert(fresh, config, checkpoint_dir,
+                                      notes=notes)
+  encoder = bert_import.import_bert_encoder(checkpoint_dir)
+  for path in (('retriever', 'doc_tower', 'encoder'),
+               ('retriever', 'query_tower', 'encoder'),
+               ('reader', 'encoder')):
+    jax.tree.map(np.testing.assert_array_equal, _get(params, path), encoder)
+    assert not np.array_equal(  # the input is not modified
+        _get(fresh, path)['layers'][0]['mlp']['output']['kernel'],
+        encoder['layers'][0]['mlp']['output']['kernel'])
+  for path in (('retriever', 'doc_tower', 'projection'),
+               ('retriever', 'doc_tower', 'norm'),
+               ('retriever', 'query_tower', 'projection'),
+               ('reader', 'span_head'), ('reader', 'mlm_head')):
+    jax.tree.map(np.testing.assert_array_equal, _get(params, path),
+                 _get(fresh, path))
+  assert any('no MLM head' in note and 'fresh' in note for note in notes)
+  assert any('projection to 128' in note for note in notes)
+  # The parameters load into the model; its encoders compute MiniLM.
+  model = models.REALM(config, rngs=nnx.Rngs(1))
+  nnx.update(model, params)
+  ids = np.array([[101, 2054, 2003, 102]])
+  inputs = (ids, 0 * ids, 1 + 0 * ids)
+  np.testing.assert_array_equal(
+      model.retriever.query_tower.encoder(*inputs)[0],
+      model.reader.encoder(*inputs)[0])
+
+
+def test_init_from_bert_retriever_alone(checkpoint_dir):
+  """ICT's model: only the retriever; no projection."""
+  config = _model_config(checkpoint_dir, projection_size=0)
+  fresh = _fresh_params(config)
+  params = bert_import.init_from_bert({'retriever': fresh['retriever']},
+                                      config, checkpoint_dir)
+  assert set(params) == {'retriever'}
+  assert set(params['retriever']['doc_tower']) == {'encoder'}
+  with pytest.raises(ValueError, match='components'):
+    bert_import.init_from_bert({'encoder': {}}, config, checkpoint_dir)
+
+
+def test_bert_retriever_mean_pools_like_sentence_transformers(
+    checkpoint_dir, tokenizer, reference):
+  retriever = retrieval_eval.bert_retriever(checkpoint_dir, pooling='mean',
+                                            projection_size=0)
+  ids, mask = _batch(tokenizer, SENTENCES)
+  got = np.asarray(retriever.embed_queries(ids, np.zeros_like(ids), mask))
+  assert got.shape == (len(SENTENCES), 384)
+  weights = mask[..., None].astype(np.float64)
+  expected = (reference[0] * weights).sum(1) / weights.sum(1)
+  assert np.abs(got - expected).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize('field,value,named', [
+    ('hidden_size', 768, 'embeddings.word_embeddings.weight'),
+    ('num_layers', 4, 'encoder.layer.5.output.dense.weight'),
+    ('num_heads', 6, 'config.json'),
+])
+def test_init_from_bert_size_mismatch_names_field_and_tensor(
+    checkpoint_dir, field, value, named):
+  config = _model_config(checkpoint_dir)
+  config[field] = value
+  with pytest.raises(config_lib.ConfigError,
+                     match=rf'config\.model\.{field}: .*{named}'):
+    bert_import.init_from_bert({'reader': {}}, config, checkpoint_dir)
+
+
+@pytest.fixture(scope='module')
+def mlm_checkpoint(tmp_path_factory):
+  """A tiny random BertForMaskedLM saved by transformers (no pooler)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  model = transformers.BertForMaskedLM(transformers.BertConfig(
+      vocab_size=50, hidden_size=16, num_hidden_layers=2,
+      num_attention_heads=2, intermediate_size=32,
+      max_position_embeddings=24)).eval()
+  with torch.no_grad():  # LayerNorms and biases random too
+    for parameter in model.parameters():
+      parameter.normal_(0.0, 0.3)
+  path = tmp_path_factory.mktemp('mlm') / 'ckpt'
+  model.save_pretrained(path, safe_serialization=True)
+  return path, model
+
+
+def test_mlm_head_matches_transformers_bert_for_masked_lm(mlm_checkpoint):
+  import torch  # pylint: disable=g-import-not-at-top
+  path, reference = mlm_checkpoint
+  assert any(name.startswith('cls.predictions.') for name in
+             safetensors_numpy.load_file(str(path / 'model.safetensors')))
+  config = _model_config(path)
+  fresh = _fresh_params(config)
+  notes = []
+  params = bert_import.init_from_bert(fresh, config, path, notes=notes)
+  assert not any('MLM' in note for note in notes), notes
+  assert any('no pooler' in note for note in notes), notes
+  assert not any('unused' in note for note in notes), notes
+  model = models.REALM(config, rngs=nnx.Rngs(1))
+  nnx.update(model, params)
+
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, 50, (2, 12)).astype(np.int32)
+  segments = (np.arange(12) >= 6).astype(np.int32)[None].repeat(2, 0)
+  mask = np.ones_like(ids)
+  mask[1, 9:] = 0
+  positions = np.array([[0, 3, 7], [2, 5, 8]], np.int32)
+  sequence = model.reader(ids, segments, mask)
+  got = np.asarray(model.reader.mlm_logits(sequence, positions))
+  with torch.no_grad():
+    logits = reference(input_ids=torch.from_numpy(ids).long(),
+                       token_type_ids=torch.from_numpy(segments).long(),
+                       attention_mask=torch.from_numpy(mask).long()).logits
+  want = np.take_along_axis(logits.numpy(), positions[..., None], axis=1)
+  assert np.abs(got - want).max() <= TOLERANCE, np.abs(got - want).max()
+
+
+def test_mlm_head_missing_tensor_is_named(mlm_checkpoint, tmp_path):
+  name = 'cls.predictions.transform.dense.weight'
+  def drop(tensors):
+    del tensors[name]
+    return tensors
+  broken = _copy_checkpoint(mlm_checkpoint[0], tmp_path / 'ckpt', drop)
+  config = _model_config(broken)
+  with pytest.raises(ValueError, match=f'missing tensor {name}'):
+    bert_import.init_from_bert(_fresh_params(config), config, broken)
+
+
+def test_untied_mlm_decoder_is_refused(mlm_checkpoint, tmp_path):
+  def untie(tensors):
+    tensors['cls.predictions.decoder.weight'] = np.ones((50, 16), np.float32)
+    return tensors
+  broken = _copy_checkpoint(mlm_checkpoint[0], tmp_path / 'ckpt', untie)
+  config = _model_config(broken)
+  with pytest.raises(ValueError, match='decoder.weight differs'):
+    bert_import.init_from_bert(_fresh_params(config), config, broken)
+
+
+def test_check_vocab(checkpoint_dir, tokenizer, tiny_corpus_workdir,
+                     tmp_path):
+  bert_import.check_vocab(tokenizer, checkpoint_dir)
+  from realm_jax import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
+  sentencepiece = corpus_lib.Corpus(tiny_corpus_workdir / 'corpus').tokenizer
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config\.init\.bert_checkpoint: .*30522'):
+    bert_import.check_vocab(sentencepiece, checkpoint_dir)
+  lines = (checkpoint_dir / 'vocab.txt').read_text().splitlines()
+  lines[2000], lines[2001] = lines[2001], lines[2000]
+  (tmp_path / 'vocab.txt').write_text('\n'.join(lines) + '\n')
+  with pytest.raises(config_lib.ConfigError, match='word piece 2000'):
+    bert_import.check_vocab(
+        wordpiece.WordPieceTokenizer(tmp_path / 'vocab.txt'), checkpoint_dir)

@@ -44,6 +44,17 @@ def test_model_sizes(variant, size):
   ict.validate(config, num_devices=8)
 
 
+@pytest.mark.parametrize('job', ['ict', 'pretrain'])
+def test_retriever_defaults_are_realms_and_init_is_from_scratch(job):
+  _, config = load(job, 'base')
+  assert (config.model.pooling, config.model.projection_size) == ('cls', 128)
+  assert config.init.to_dict() == config_lib.init_config().to_dict() == dict(
+      bert_checkpoint='')
+  for projection_size in (0, None):  # no projection
+    config.model.projection_size = projection_size
+    config_lib.validate_model(config.model)
+
+
 def test_base_lengths_are_realms():
   lengths = config_lib.lengths_config()
   assert (lengths.query_len, lengths.block_len, lengths.joint_len) == (
@@ -63,6 +74,8 @@ def test_unknown_variant_is_an_error():
     (dict(checkpoint=dict(max_to_keep=1)), 'config.checkpoint.max_to_keep'),
     (dict(model=dict(max_position_embeddings=256)),
      'config.model.max_position_embeddings'),
+    (dict(model=dict(pooling='max')), 'config.model.pooling'),
+    (dict(model=dict(projection_size=-1)), 'config.model.projection_size'),
 ])
 def test_inconsistent_config_names_the_field(override, field):
   _, config = load('ict', 'tiny')

@@ -109,8 +109,14 @@ def np_encoder(p, config, token_ids, segment_ids, input_mask):
   return x, np.tanh(np_dense(x[:, 0], p['pooler']))
 
 
-def np_tower(p, config, *args):
-  _, pooled = np_encoder(p['encoder'], config, *args)
+def np_tower(p, config, token_ids, segment_ids, input_mask):
+  sequence, pooled = np_encoder(p['encoder'], config, token_ids, segment_ids,
+                                input_mask)
+  if config.pooling == 'mean':
+    mask = input_mask[..., None].astype(np.float64)
+    pooled = (sequence * mask).sum(1) / mask.sum(1)
+  if not config.projection_size:
+    return pooled
   return np_layer_norm(np_dense(pooled, p['projection']), p['norm'],
                        config.projection_layer_norm_eps)
 
@@ -178,14 +184,31 @@ def test_encoder_matches_numpy():
   np.testing.assert_allclose(pooled, want_pooled, **TOL)
 
 
-def test_retriever_tower_matches_numpy():
-  config = tiny_config(num_layers=1)
+@pytest.mark.parametrize('pooling', ['cls', 'mean'])
+@pytest.mark.parametrize('projection_size', [8, 0, None])
+def test_retriever_tower_matches_numpy(pooling, projection_size):
+  config = tiny_config(num_layers=1, pooling=pooling,
+                       projection_size=projection_size)
   tower = randomize(models.RetrieverTower(config, rngs=nnx.Rngs(0)))
   batch = inputs()
   got = tower(*map(jnp.asarray, batch))
-  assert got.shape == (2, config.projection_size)
+  assert got.shape == (2, projection_size or config.hidden_size)
   np.testing.assert_allclose(got, np_tower(params(tower), config, *batch),
                              **TOL)
+  has_projection = {'projection', 'norm'} <= set(nnx.state(tower).keys())
+  assert has_projection == bool(projection_size)
+
+
+def test_mean_pooling_ignores_padding():
+  """Row 1 padded to LENGTH equals row 1 alone, cut to its 5 real tokens."""
+  config = tiny_config(num_layers=1, pooling='mean', projection_size=0)
+  tower = randomize(models.RetrieverTower(config, rngs=nnx.Rngs(0)))
+  token_ids, segment_ids, input_mask = map(jnp.asarray, inputs())
+  padded = tower(token_ids, segment_ids, input_mask)
+  alone = tower(token_ids[1:, :5], segment_ids[1:, :5], input_mask[1:, :5])
+  np.testing.assert_allclose(padded[1], alone[0], **TOL)
+  np.testing.assert_array_equal(
+      models.mean_pool(jnp.ones((1, 3, 2)), jnp.zeros((1, 3))), 0.0)
 
 
 def test_mlm_logits_match_numpy_with_tied_embedding():
