@@ -12,7 +12,8 @@ One interface, two implementations, chosen by `index_config().kind`:
   used (orqa/utils/scann_utils.py).
 
 `save` writes a small JSON naming the kind and its settings next to the
-index files; `load_index` reads it back.
+index files, and both kinds keep the indexed vectors (embeddings.npy) so
+`vectors(ids)` can return them; `load_index` reads it back.
 """
 import abc
 import functools
@@ -100,6 +101,24 @@ class MipsIndex(abc.ABC):
   @abc.abstractmethod
   def save(self, directory: epath.PathLike) -> list[str]:
     """Writes the index; returns the file names, relative to `directory`."""
+
+  def vectors(self, ids: np.ndarray) -> np.ndarray:
+    """float32 [..., dim]: the indexed vectors of `ids` (any shape).
+
+    Fine-tuning scores the retrieved blocks with these (ORQA gathers its
+    fixed block embeddings the same way), so the gradient reaches the
+    question tower only.
+    """
+    ids = np.asarray(ids, np.int64)
+    order = np.argsort(ids, axis=None)  # sorted reads of a memmap
+    rows = np.empty((ids.size, self.dim), np.float32)
+    rows[order] = self._embeddings[ids.reshape(-1)[order]]
+    return rows.reshape(*ids.shape, self.dim)
+
+  def _save_embeddings(self, directory: epath.Path) -> str:
+    with (directory / EMBEDDINGS_FILE).open('wb') as f:
+      np.save(f, np.asarray(self._embeddings, np.float32))
+    return EMBEDDINGS_FILE
 
   def _check_queries(self, queries, k: int) -> np.ndarray:
     queries = np.asarray(queries, np.float32)
@@ -224,22 +243,23 @@ class ExactIndex(MipsIndex):
 
   def save(self, directory):
     directory = epath.Path(directory)
-    with (directory / EMBEDDINGS_FILE).open('wb') as f:
-      np.save(f, np.asarray(self._embeddings, np.float32))
-    return [EMBEDDINGS_FILE, self._write_metadata(
+    return [self._save_embeddings(directory), self._write_metadata(
         directory, chunk_size=self.chunk_size,
         query_batch_size=self.query_batch_size)]
 
   @classmethod
   def load(cls, directory: epath.Path, metadata: dict, devices=None):
-    path = directory / EMBEDDINGS_FILE
-    if '://' in os.fspath(path):  # remote: read it whole
-      with path.open('rb') as f:
-        embeddings = np.load(f)
-    else:  # local: rows are read as the shards are placed on the devices
-      embeddings = np.load(os.fspath(path), mmap_mode='r')
-    return cls(embeddings, metadata['chunk_size'],
+    return cls(_load_embeddings(directory), metadata['chunk_size'],
                metadata['query_batch_size'], devices)
+
+
+def _load_embeddings(directory: epath.Path) -> np.ndarray:
+  path = directory / EMBEDDINGS_FILE
+  if '://' in os.fspath(path):  # remote: read it whole
+    with path.open('rb') as f:
+      return np.load(f)
+  # Local: memory-mapped; rows are read as they are used.
+  return np.load(os.fspath(path), mmap_mode='r')
 
 
 # -- ScaNN ---------------------------------------------------------------------
@@ -256,9 +276,11 @@ class ScannIndex(MipsIndex):
 
   kind = 'scann'
 
-  def __init__(self, searcher, num_vectors: int, dim: int, settings: dict):
+  def __init__(self, searcher, embeddings: np.ndarray, settings: dict):
     self._searcher = searcher
-    self.num_vectors, self.dim = num_vectors, dim
+    # Kept beside ScaNN's own files for `vectors` (fine-tuning).
+    self._embeddings = embeddings
+    self.num_vectors, self.dim = embeddings.shape
     self.settings = settings
 
   @classmethod
@@ -288,7 +310,7 @@ class ScannIndex(MipsIndex):
                   training_sample_size=config.training_sample_size)
         .reorder(config.reorder or 200)
         .build())
-    return cls(searcher, num_vectors, dim, settings)
+    return cls(searcher, embeddings, settings)
 
   def search(self, queries, k):
     queries = self._check_queries(queries, k)
@@ -312,7 +334,8 @@ class ScannIndex(MipsIndex):
     # Relative asset paths, so the version folder can be renamed into place.
     self._searcher.serialize(os.fspath(scann_dir), relative_path=True)
     files = sorted(f'{SCANN_DIR}/{p.name}' for p in scann_dir.iterdir())
-    return files + [self._write_metadata(directory, **self.settings)]
+    return files + [self._save_embeddings(directory),
+                    self._write_metadata(directory, **self.settings)]
 
   @classmethod
   def load(cls, directory: epath.Path, metadata: dict):
@@ -320,7 +343,7 @@ class ScannIndex(MipsIndex):
         os.fspath(directory / SCANN_DIR))
     settings = {name: metadata[name] for name in (
         'num_leaves', 'num_leaves_to_search', 'reorder')}
-    return cls(searcher, metadata['num_vectors'], metadata['dim'], settings)
+    return cls(searcher, _load_embeddings(directory), settings)
 
 
 # -- entry points --------------------------------------------------------------
