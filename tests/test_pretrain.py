@@ -1,9 +1,16 @@
-"""REALM pre-training: the marginal loss, its gradients, the candidates."""
+"""REALM pre-training: the marginal loss, its gradients, the candidates,
+the initialisation from BERT and ICT."""
+import importlib.util
+import json
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+
+from conftest import CONFIGS
 
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
@@ -173,3 +180,135 @@ def test_candidate_inputs(tiny_corpus_workdir):
   assert inputs['joint_mask'][0, 1].sum() == 5 + len(body) + 1
   np.testing.assert_array_equal(inputs['joint_segments'][0, 1, :5], 0)
   assert inputs['joint_segments'][0, 1, 5:6 + len(body)].all()
+
+
+# --- Initialisation: BERT checkpoint first, then an ICT run's retriever ----
+
+
+def _load_config(job):
+  spec = importlib.util.spec_from_file_location(f'{job}_config',
+                                                CONFIGS / f'{job}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config('tiny')
+
+
+@pytest.fixture(scope='module')
+def bert_workdirs(tmp_path_factory):
+  """A tiny random BertForMaskedLM checkpoint (character-level WordPiece
+  vocab), a synthetic corpus tokenized with it, and an ICT run from it."""
+  import string  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from realm_jax import ict  # pylint: disable=g-import-not-at-top
+  from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('bert_init')
+  checkpoint = root / 'bert'
+  chars = string.ascii_lowercase + string.digits + string.punctuation
+  vocab = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', *chars,
+           *(f'##{c}' for c in chars)]
+  torch.manual_seed(0)
+  model = transformers.BertForMaskedLM(transformers.BertConfig(
+      vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+      num_attention_heads=2, intermediate_size=32,
+      max_position_embeddings=128))
+  with torch.no_grad():
+    for parameter in model.parameters():
+      parameter.normal_(0.0, 0.3)
+  model.save_pretrained(checkpoint, safe_serialization=True)
+  (checkpoint / 'vocab.txt').write_text('\n'.join(vocab) + '\n')
+
+  corpus_config = _load_config('prepare_corpus')
+  corpus_config.input.synthetic_docs = 30
+  corpus_config.tokenizer.path = str(checkpoint / 'vocab.txt')
+  corpus_config.lengths.update(block_len=64, max_title_len=16)
+  prepare_corpus.prepare_corpus(corpus_config, str(root))
+
+  ict_workdir = root / 'ict'
+  ict_config = _load_config('ict')
+  ict_config.update_from_flattened_dict({
+      'corpus_dir': str(root / 'corpus'),
+      'init.bert_checkpoint': str(checkpoint), 'model.pooling': 'mean',
+      'lengths.block_len': 64, 'lengths.query_len': 32,
+      'lengths.joint_len': 96, 'lengths.max_title_len': 16, 'batch_size': 8,
+      'num_train_steps': 3,
+      'optimizer.learning_rate': 1e-2})
+  ict.train_and_evaluate(ict_config, str(ict_workdir))
+  return checkpoint, root / 'corpus', ict_workdir
+
+
+def _bert_pretrain_config(checkpoint, corpus_dir, **overrides):
+  config = _load_config('pretrain')
+  config.update_from_flattened_dict({
+      'corpus_dir': str(corpus_dir), 'init.bert_checkpoint': str(checkpoint),
+      'model.pooling': 'mean', 'lengths.block_len': 64,
+      'lengths.query_len': 32, 'lengths.joint_len': 96,
+      'lengths.max_title_len': 16, 'masking.kind': 'random_tokens',
+      'batch_size': 8, 'index.wait_seconds': 0.2,
+      # Step 0 is committed before the run gives up waiting for an index.
+      'checkpoint.async_save': False, **overrides})
+  return config
+
+
+def _step0_params(workdir):
+  from realm_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  model_config = ml_collections.ConfigDict(json.loads(
+      (workdir / 'config.json').read_text())['model'])
+  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
+      lambda: models.REALM(model_config, rngs=nnx.Rngs(0)))))
+  manager = checkpointing.make_manager(workdir / 'checkpoints',
+                                       read_only=True)
+  assert manager.latest_step() == 0
+  return checkpointing.restore_subtree(manager, 0, ('params',), abstract)
+
+
+def test_pretrain_inits_from_bert_then_from_ict(bert_workdirs, tmp_path):
+  from realm_jax import bert_import  # pylint: disable=g-import-not-at-top
+  from realm_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  checkpoint, corpus_dir, ict_workdir = bert_workdirs
+  encoder = bert_import.import_bert_encoder(checkpoint)
+  del encoder['pooler']  # BertForMaskedLM has none: each model's stays fresh
+  without_pooler = lambda tree: {k: v for k, v in tree.items()
+                                 if k != 'pooler'}
+  # Without a builder beside it the run stops waiting for its first index,
+  # after saving step 0: the initial parameters.
+  for name, init_from in (('bert', ''), ('bert_ict', str(ict_workdir))):
+    workdir = tmp_path / name
+    with pytest.raises(TimeoutError):
+      pretrain.train_and_evaluate(_bert_pretrain_config(
+          checkpoint, corpus_dir, init_from=init_from), str(workdir))
+    params = _step0_params(workdir)
+    # The reader (encoder and MLM head) is BERT's either way.
+    reader = params['reader']
+    jax.tree.map(np.testing.assert_array_equal,
+                 without_pooler(reader['encoder']), encoder)
+    head = bert_import.init_from_bert(
+        {'reader': jax.tree.map(np.asarray, reader)},
+        bert_import.bert_model_config(checkpoint), checkpoint)
+    np.testing.assert_array_equal(reader['mlm_head']['output_bias'],
+                                  head['reader']['mlm_head']['output_bias'])
+    assert np.abs(reader['mlm_head']['output_bias']).max() > 0.1  # not fresh
+    retriever = params['retriever']['doc_tower']
+    if init_from:  # ... and the retriever is ICT's (trained 3 steps).
+      manager = checkpointing.make_manager(ict_workdir / 'checkpoints',
+                                           read_only=True)
+      ict_tower = checkpointing.restore_subtree(
+          manager, 3, checkpointing.DOC_TOWER_PATH,
+          checkpointing.abstract(jax.tree.map(np.asarray, retriever)))
+      jax.tree.map(np.testing.assert_array_equal, retriever, ict_tower)
+      assert not np.allclose(
+          retriever['encoder']['layers'][0]['mlp']['output']['kernel'],
+          encoder['layers'][0]['mlp']['output']['kernel'], atol=1e-4)
+    else:
+      jax.tree.map(np.testing.assert_array_equal,
+                   without_pooler(retriever['encoder']), encoder)
+
+
+def test_init_from_run_must_agree_on_the_retriever(bert_workdirs, tmp_path):
+  checkpoint, corpus_dir, ict_workdir = bert_workdirs
+  config = _bert_pretrain_config(checkpoint, corpus_dir,
+                                 init_from=str(ict_workdir),
+                                 **{'model.pooling': 'cls'})
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config\.model\.pooling: cls != mean'):
+    pretrain.train_and_evaluate(config, str(tmp_path / 'w'))

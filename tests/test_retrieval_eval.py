@@ -58,3 +58,30 @@ def test_squad_dev_bm25_beats_an_untrained_retriever(shared_data,
   assert bm25['recall@5'] > 0.5  # SQuAD questions share words with paragraphs
   assert bm25['recall@1'] <= bm25['recall@5']
   assert dense['recall@5'] < bm25['recall@5']
+
+
+def test_dense_vectors_equal_the_towers_on_padded_inputs(tiny_corpus_workdir):
+  """Batches sorted by length and cut to it give the full-length vectors."""
+  corpus = corpus_lib.Corpus(tiny_corpus_workdir / 'corpus')
+  model_config = config_lib.model_config('tiny', corpus.tokenizer.vocab_size)
+  model_config.update(num_layers=1, hidden_size=32, num_heads=2,
+                      intermediate_size=64, pooling='mean', projection_size=0)
+  retriever = retrieval_eval.load_retriever(None, model_config)
+  texts = ['who?', 'the history of the city and its rivers in the north',
+           'when was it built', '']
+  blocks, queries = retrieval_eval.dense_vectors(retriever, corpus, texts,
+                                                 query_len=32, batch_size=16)
+  inputs = corpus.blocks(np.arange(len(corpus)))
+  direct = retriever.embed_blocks(inputs['token_ids'], inputs['segment_ids'],
+                                  inputs['input_mask'])
+  assert blocks.shape == (len(corpus), 32)
+  np.testing.assert_allclose(blocks, direct, rtol=1e-4, atol=1e-5)
+  question = retrieval_eval.question_inputs(corpus.tokenizer, texts, 32)
+  tokenizer = corpus.tokenizer
+  np.testing.assert_array_equal(question['input_mask'].sum(1),
+                                [len(tokenizer.encode(t)) + 2 for t in texts])
+  assert (question['token_ids'][question['input_mask'] == 0]
+          == tokenizer.pad_id).all()
+  np.testing.assert_allclose(queries, retriever.embed_queries(
+      question['token_ids'], question['segment_ids'],
+      question['input_mask']), rtol=1e-4, atol=1e-5)
