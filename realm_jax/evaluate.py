@@ -28,6 +28,7 @@ from realm_jax import checkpointing
 from realm_jax import cli
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
+from realm_jax import embedding
 from realm_jax import index_store
 from realm_jax import mips
 from realm_jax import models
@@ -75,6 +76,15 @@ class Predictor:
     self.config = read_workdir_config(workdir)
     self.closed_book = self.config.closed_book
     self.corpus = corpus_lib.Corpus(corpus or self.config.corpus_dir)
+    if corpus:
+      trained_on = corpus_lib.Corpus(self.config.corpus_dir)
+      if (self.corpus.manifest['tokenizer']['sha256']
+          != trained_on.manifest['tokenizer']['sha256']):
+        raise ValueError(
+            f'{corpus} was tokenized with another vocabulary than '
+            f'{self.config.corpus_dir}: prepare it with '
+            f'--config.tokenizer.path='
+            f'{trained_on.path / trained_on.manifest["tokenizer"]["file"]}')
     self.tokenizer = self.corpus.tokenizer
     self.reader_beam_size = reader_beam_size or self.config.reader_beam_size
     devices = jax.local_devices()
@@ -100,12 +110,36 @@ class Predictor:
         nnx.merge(graphdef, p), b))
     self._closed_book = jax.jit(lambda p, b: jnp.argmax(
         openqa_model.closed_book_logits(nnx.merge(graphdef, p), b), -1))
-    self.index = None if self.closed_book else load_index(
-        index or workdir / 'index')
+    self._mesh = mesh
+    if self.closed_book:
+      self.index = None
+    elif corpus and not index:
+      self.index = self._embed_corpus()
+    else:
+      self.index = load_index(index or workdir / 'index')
     if self.index is not None and self.index.num_vectors != len(self.corpus):
       raise ValueError(f'the index holds {self.index.num_vectors} vectors, '
                        f'the corpus {len(self.corpus)} blocks: pass the '
                        'corpus the index was built from')
+
+  def _embed_corpus(self) -> mips.MipsIndex:
+    """An in-memory index of another corpus, embedded with this run's
+    (frozen) document tower; for a large corpus, run realm-index-builder
+    and pass --index instead."""
+    model_config = finetune_model_config(self.config.model)
+    graphdef, _ = nnx.split(nnx.eval_shape(
+        lambda: embedding.create_doc_tower(model_config)))
+    embed_fn = embedding.make_embed_fn(graphdef, self._mesh,
+                                       self.config.axis_rules)
+    with tqdm.tqdm(total=len(self.corpus), unit=' blocks',
+                   desc='embed corpus') as progress:
+      vectors = embedding.embed_blocks(
+          embed_fn, self.params['retriever']['doc_tower'], self.corpus, 0,
+          len(self.corpus), self.batch_size,
+          sharding.batch_sharding(self._mesh, self.config.axis_rules),
+          progress)
+    return mips.build_index(vectors, mips.index_config(),
+                            devices=jax.local_devices())
 
   def predict(self, questions: list[str], num_retrieved: int = 0
               ) -> list[dict]:
