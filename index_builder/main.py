@@ -8,6 +8,12 @@ share, jitted and sharded over its local devices) -> build the MIPS index
 -> publish it (save, checksum, verify, rename, flip LATEST) -> delete old
 versions. Stops on WORKDIR/TRAINING_DONE once the last checkpoint is
 indexed, or on SIGTERM (between batches; the build resumes on restart).
+
+On several hosts (REALM_DISTRIBUTED=1) process 0 decides which checkpoint
+to index; the others embed their share of the build it started (found under
+index/building) and never build or publish. The hosts meet only through
+those files: no collective or barrier, so one slow or restarted host delays
+the build, never deadlocks it.
 """
 import functools
 import json
@@ -46,8 +52,10 @@ class Builder:
     self.corpus = corpus_lib.Corpus(config.corpus_dir or
                                      self.workdir / 'corpus')
     self.store = index_store.IndexStore(self.workdir / 'index')
+    # Hosts restore independently (no orbax barriers): they coordinate
+    # through the files under index/building only.
     self.checkpoints = checkpointing.make_manager(
-        self.workdir / 'checkpoints', read_only=True)
+        self.workdir / 'checkpoints', read_only=True, this_process_only=True)
     self.stop = threading.Event()
     config_lib.check(config.chunk_blocks >= config.embed_batch_size,
                      'chunk_blocks', f'{config.chunk_blocks} < '
@@ -57,6 +65,10 @@ class Builder:
                               self.mesh.shape['data'])
 
   def run(self, once: bool = False) -> None:
+    """Builds until TRAINING_DONE and the last checkpoint is indexed (or
+    SIGTERM); with `once`, until the newest checkpoint is indexed."""
+    leader = jax.process_index() == 0
+    target = None  # with once: the checkpoint this run indexes
     while not self.stop.is_set():
       # Read the marker before the checkpoints: the trainer writes it after
       # its last checkpoint, so that checkpoint is then surely listed.
@@ -64,37 +76,36 @@ class Builder:
       self.checkpoints.reload()
       step = self.checkpoints.latest_step()
       indexed = self.store.latest_step()
-      if step is not None and (indexed is None or step > indexed):
+      caught_up = step is None or (indexed is not None and indexed >= step)
+      if leader and not caught_up:
         self.build(step)
         if once:
           return
         continue
-      if once:
-        logging.info('Nothing to build: newest checkpoint %s, newest index '
-                     '%s', step, indexed)
+      if not leader and self._follow(indexed):
+        continue
+      target = step if target is None else target
+      if once and (leader or target is None or (
+          indexed is not None and indexed >= target)):
+        logging.info('Nothing (more) to build: newest checkpoint %s, newest '
+                     'index %s', step, indexed)
         return
-      if training_done:
+      if training_done and caught_up:
         logging.info('Training is done and checkpoint %s is indexed.', step)
         return
       self.stop.wait(self.config.poll_seconds)
 
   def build(self, step: int) -> None:
+    """Process 0: embeds its share, waits for the other hosts' chunks,
+    builds the index and publishes it."""
     start = time.time()
     logging.info('Building the index for checkpoint step %d', step)
     building = self.store.building_dir(step)
-    if jax.process_index() == 0:
-      self.store.delete_stale_builds(keep_step=step)
+    self.store.delete_stale_builds(keep_step=step)
     building.mkdir(parents=True, exist_ok=True)
     chunks = self._chunks()
-    mine = [c for c in range(len(chunks))
-            if c % jax.process_count() == jax.process_index()]
-    todo = [c for c in mine if not index_store.chunk_done(building, c)]
-    if todo:
-      self._embed_chunks(step, building, chunks, todo)
+    embedded = self._embed_share(step, building, chunks)
     embed_seconds = time.time() - start
-    embedded = sum(chunks[c][1] - chunks[c][0] for c in todo)
-    if jax.process_index() != 0:
-      return
     self._wait_for_chunks(building, len(chunks))
     embeddings = index_store.read_chunks(building, range(len(chunks)))
     build_start = time.time()
@@ -114,6 +125,32 @@ class Builder:
         self.config.keep_versions, self.config.lease_ttl_seconds)
     logging.info('Index for step %d published in %.1f s; deleted %s', step,
                  time.time() - start, deleted)
+
+  def _follow(self, indexed: int | None) -> bool:
+    """Other processes: embeds this host's share of the build process 0 has
+    started (the newest building folder past the index). True if it did."""
+    building_root = self.store.directory / 'building'
+    steps = sorted(int(p.name.split('-')[1]) for p in (
+        building_root.iterdir() if building_root.exists() else ())
+                   if p.name.startswith('step-'))
+    steps = [s for s in steps if indexed is None or s > indexed]
+    if not steps:
+      return False
+    try:
+      return self._embed_share(steps[-1], self.store.building_dir(steps[-1]),
+                               self._chunks()) > 0
+    except FileNotFoundError:  # process 0 dropped it for a newer checkpoint
+      return True
+
+  def _embed_share(self, step, building, chunks) -> int:
+    """Embeds this host's unfinished chunks (c = process index mod hosts);
+    returns how many blocks that was."""
+    todo = [c for c in range(jax.process_index(), len(chunks),
+                             jax.process_count())
+            if not index_store.chunk_done(building, c)]
+    if todo:
+      self._embed_chunks(step, building, chunks, todo)
+    return sum(chunks[c][1] - chunks[c][0] for c in todo)
 
   def _chunks(self) -> list[tuple[int, int]]:
     n, size = len(self.corpus), self.config.chunk_blocks

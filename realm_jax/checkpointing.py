@@ -37,13 +37,26 @@ def validate(config: ml_collections.ConfigDict, field: str = 'checkpoint'):
 
 def make_manager(directory: epath.PathLike,
                  config: ml_collections.ConfigDict | None = None,
-                 read_only: bool = False) -> ocp.CheckpointManager:
-  """A manager for WORKDIR/checkpoints; read_only for the index builder."""
+                 read_only: bool = False,
+                 this_process_only: bool = False) -> ocp.CheckpointManager:
+  """A manager for WORKDIR/checkpoints; read_only for the index builder.
+
+  this_process_only (read_only): restores involve no other process (orbax
+  otherwise meets every process at a barrier after each restore); for a job
+  whose processes restore independently, into their local devices.
+  """
   directory = epath.Path(directory)
   if not directory.is_absolute():  # orbax needs absolute paths
     directory = directory.absolute()
   if read_only:
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    processes = {}
+    if this_process_only:
+      me = jax.process_index()
+      processes = dict(multiprocessing_options=(
+          ocp.options.MultiprocessingOptions(primary_host=me,
+                                             active_processes={me})))
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                           **processes)
   else:
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=config.every_steps,
