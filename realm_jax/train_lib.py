@@ -32,6 +32,22 @@ def state_shardings(tx: optax.GradientTransformation, params: PyTree,
               opt_state=opt_shardings)
 
 
+def abstract_train_state(create_model: Callable[[], nnx.Module],
+                         tx: optax.GradientTransformation, mesh, axis_rules):
+  """(graphdef, state as ShapeDtypeStructs with shardings, state_shardings):
+  what restoring, and compiling ahead of time (realm_jax/aot.py), need."""
+  graphdef, abstract_params = sharding.abstract_model(
+      create_model, mesh, axis_rules)
+  param_shardings = jax.tree.map(lambda x: x.sharding, abstract_params)
+  shardings = state_shardings(tx, abstract_params, param_shardings, mesh)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      jax.eval_shape(lambda p: dict(step=jnp.int32(0), params=p,
+                                    opt_state=tx.init(p)), abstract_params),
+      shardings)
+  return graphdef, abstract_state, shardings
+
+
 def init_train_state(create_model: Callable[[], nnx.Module],
                      tx: optax.GradientTransformation, mesh, axis_rules,
                      manager: ocp.CheckpointManager | None = None):
@@ -39,17 +55,10 @@ def init_train_state(create_model: Callable[[], nnx.Module],
 
   Returns (graphdef, state, state_shardings, data_position or None).
   """
-  graphdef, abstract_params = sharding.abstract_model(
-      create_model, mesh, axis_rules)
-  param_shardings = jax.tree.map(lambda x: x.sharding, abstract_params)
-  shardings = state_shardings(tx, abstract_params, param_shardings, mesh)
+  graphdef, abstract_state, shardings = abstract_train_state(
+      create_model, tx, mesh, axis_rules)
   latest = manager.latest_step() if manager is not None else None
   if latest is not None:
-    abstract_state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        jax.eval_shape(lambda p: dict(step=jnp.int32(0), params=p,
-                                      opt_state=tx.init(p)),
-                       abstract_params), shardings)
     state, position = checkpointing.restore(manager, latest, abstract_state)
     logging.info('Resumed from checkpoint step %d', latest)
     return graphdef, state, shardings, position
