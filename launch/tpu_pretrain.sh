@@ -10,6 +10,12 @@
 #
 # Steps (each printed before it runs; --dry-run prints them only, no gcloud
 # needed):
+#   0. Compiles the trainer's step for --trainer-type and the builder's
+#      embed step for a --builder-type host, here, ahead of time
+#      (realm-compile, run as .venv/bin/python -m realm_jax.aot: libtpu, no
+#      TPU; `pip install -e '.[tpu]'` in this repository's .venv), with the
+#      same config and overrides, and stops if either does not fit in a
+#      chip's memory -- before any TPU is paid for. --skip-compile skips it.
 #   1. Checks that WORKDIR/corpus (written by realm-prepare-corpus, e.g. on a
 #      CPU VM with --workdir=gs://...) and the ICT checkpoints exist, before
 #      any TPU is paid for.
@@ -75,7 +81,8 @@ usage() {
 Usage: bash launch/$PROG --name=NAME --project=PROJECT --zone=ZONE
          --trainer-type=TYPE --builder-type=TYPE --workdir=gs://BUCKET/PATH
          [--version=VERSION] [--variant=tiny|base|large]
-         [--ict-workdir=gs://...] [--spot] [--dry-run] [-- --config.x=y ...]
+         [--ict-workdir=gs://...] [--spot] [--skip-compile] [--dry-run]
+         [-- --config.x=y ...]
 
 REALM pre-training on Cloud TPU: realm-pretrain on TPU VM NAME-trainer and
 realm-index-builder on TPU VM NAME-builder, sharing only the gs:// workdir.
@@ -91,6 +98,7 @@ realm-index-builder on TPU VM NAME-builder, sharing only the gs:// workdir.
   --ict-workdir   gs:// workdir of an ICT run to start the retriever from
                   (passed to the trainer as --config.init_from=)
   --spot          create spot VMs (cheaper, preemptible)
+  --skip-compile  do not compile both programs for the slices first
   --dry-run       print every command instead of running it (no gcloud needed)
   --help          this message
 Arguments after -- (e.g. --config.train.num_steps=1000) go to the trainer;
@@ -137,6 +145,7 @@ run() {
 # ---------------------------------------------------------------- flags
 NAME='' PROJECT='' ZONE='' TRAINER_TYPE='' BUILDER_TYPE='' WORKDIR=''
 VERSION=tpu-ubuntu2204-base VARIANT=base ICT_WORKDIR='' SPOT=0 DRY_RUN=0
+SKIP_COMPILE=0
 OVERRIDES=()
 
 set_flag() {
@@ -159,8 +168,10 @@ while (( $# )); do
     -h | --help) usage; exit 0 ;;
     --spot) SPOT=1 ;;
     --dry-run) DRY_RUN=1 ;;
+    --skip-compile) SKIP_COMPILE=1 ;;
     --) shift; OVERRIDES=("$@"); break ;;
-    --spot=* | --dry-run=* | --help=*) die "${1%%=*} takes no value" ;;
+    --spot=* | --dry-run=* | --skip-compile=* | --help=*)
+      die "${1%%=*} takes no value" ;;
     --*=*) set_flag "${1%%=*}" "${1#*=}" ;;
     --*)
       (( $# >= 2 )) || die "$1 needs a value"
@@ -208,6 +219,23 @@ TRAINER_VM=$NAME-trainer
 BUILDER_VM=$NAME-builder
 WHERE=(--project="$PROJECT" --zone="$ZONE")
 TPU=(gcloud compute tpus tpu-vm)
+
+# ------------------------------------------- 0. compile ahead of time, here
+if (( SKIP_COMPILE )); then
+  echo "# 0. Ahead-of-time compile skipped (--skip-compile)"
+else
+  echo "# 0. Compile both programs for $TRAINER_TYPE / a $BUILDER_TYPE host (realm-compile)"
+  COMPILE=("$REPO/.venv/bin/python" -m realm_jax.aot --platform=tpu
+    --config="$REPO/configs/pretrain.py:$VARIANT"
+    --builder_config="$REPO/configs/index_builder.py:$VARIANT"
+    --topology="$TRAINER_TYPE" --builder_topology="$BUILDER_TYPE"
+    "${OVERRIDES[@]}")
+  if (( ! DRY_RUN )) && [[ ! -x ${COMPILE[0]} ]]; then
+    die "${COMPILE[0]} not found: bash launch/install.sh && .venv/bin/pip install -e '.[tpu]' (or --skip-compile)"
+  fi
+  run "${COMPILE[@]}" ||
+    die "realm-compile failed (above): the config does not fit $TRAINER_TYPE / $BUILDER_TYPE; nothing was created"
+fi
 
 # ------------------------------------------------ 1. inputs exist in GCS
 echo "# 1. Inputs in $WORKDIR"

@@ -222,9 +222,13 @@ def _compile_or_error(fn, *args):
 
 def resolve_platform(platform: str) -> tuple[str, str]:
   """('tpu' | 'cpu', why): auto takes TPU when libtpu is installed."""
+  have_libtpu = importlib.util.find_spec('libtpu') is not None
+  if platform == 'tpu' and not have_libtpu:
+    raise app.UsageError("--platform=tpu needs libtpu: pip install -e "
+                         "'.[tpu]' (no TPU needed)")
   if platform != 'auto':
     return platform, f'--platform={platform}'
-  if importlib.util.find_spec('libtpu') is None:
+  if not have_libtpu:
     return 'cpu', ("libtpu is not installed (pip install -e '.[tpu]'): "
                    'compiling for fake CPU devices instead')
   return 'tpu', 'libtpu found'

@@ -98,6 +98,22 @@ def tpu(cmds, verb, vm=None):
               vm is None or c[5] == vm or c[6].startswith(f'{vm}:'))]
 
 
+def test_dry_run_compiles_for_both_slices_first(dry_run):
+  _, cmds = dry_run
+  compile_ = cmds[0]
+  assert compile_[:3] == [str(REPO_ROOT / '.venv' / 'bin' / 'python'), '-m',
+                          'realm_jax.aot']
+  assert option(compile_, '--platform') == 'tpu'
+  assert option(compile_, '--config') == f'{REPO_ROOT}/configs/pretrain.py:large'
+  assert option(compile_, '--builder_config') == (
+      f'{REPO_ROOT}/configs/index_builder.py:large')
+  assert option(compile_, '--topology') == 'v4-64'
+  assert option(compile_, '--builder_topology') == 'v4-16'
+  # The trainer's overrides: the compiled step is the one that will run.
+  assert compile_[-3:] == ['--config.train.num_steps=1000',
+                           '--config.foo=a b', TRICKY]
+
+
 def test_dry_run_needs_no_gcloud_and_creates_both_slices(dry_run):
   _, cmds = dry_run
   for vm, accelerator in (('realm1-trainer', 'v4-64'),
@@ -249,8 +265,8 @@ def fake_cloud(tmp_path):
   (fake / 'gcloud').chmod(0o755)
   path = f'{fake}:{path_without_gcloud(tmp_path)}'
 
-  def run(env=None, **changes):
-    done = run_script(flag_args(**changes), path,
+  def run(env=None, args=('--skip-compile',), **changes):
+    done = run_script([*flag_args(**changes), *args], path,
                       env={'FAKE_DIR': str(fake), **(env or {})},
                       script=repo / 'launch' / 'tpu_pretrain.sh')
     calls = (fake / 'calls').read_text().splitlines()
@@ -280,6 +296,38 @@ def test_real_run_against_fake_gcloud(fake_cloud):
                            capture_output=True, text=True, check=True)
   assert stashes.stdout == ''
   assert (repo / 'tracked.txt').read_text() == 'edited, not committed\n'
+
+
+FAKE_COMPILE = r'''#!/usr/bin/env bash
+printf '%s\n' "$*" > "$FAKE_DIR/compiled"
+[[ -z ${FAKE_DOES_NOT_FIT:-} ]]
+'''
+
+
+@pytest.mark.parametrize('fits', [True, False])
+def test_real_run_compiles_first_and_stops_if_it_does_not_fit(fake_cloud,
+                                                               fits):
+  run, repo, fake = fake_cloud
+  python = repo / '.venv' / 'bin' / 'python'
+  python.parent.mkdir(parents=True)
+  python.write_text(FAKE_COMPILE)
+  python.chmod(0o755)
+  done, calls = run(env={} if fits else {'FAKE_DOES_NOT_FIT': '1'}, args=())
+  assert '-m realm_jax.aot --platform=tpu' in (fake / 'compiled').read_text()
+  if fits:
+    assert done.returncode == 0, done.stderr
+    assert len(calls) == 11
+  else:
+    assert done.returncode != 0
+    assert 'does not fit v4-64 / v4-16; nothing was created' in done.stderr
+    assert calls == []
+
+
+def test_real_run_without_a_venv_says_how_to_compile(fake_cloud):
+  run, _, _ = fake_cloud
+  done, calls = run(args=())
+  assert done.returncode != 0 and calls == []
+  assert "pip install -e '.[tpu]' (or --skip-compile)" in done.stderr
 
 
 def test_real_run_reuses_a_ready_slice(fake_cloud):
