@@ -44,11 +44,30 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict,
 
 def make_mesh(mesh_config: ml_collections.ConfigDict,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The config's mesh over `devices` (default: all).
+
+  Over several processes, each process's devices are one contiguous block
+  along the first (data) axis, in process order: process p then holds
+  batch rows [p * B / P, (p + 1) * B / P), exactly the rows it reads
+  (global_batch). jax.make_mesh's physical order would scatter a host's
+  rows over the batch (on a v4-64, host 0 would hold rows 0-15, 32-47, ...)
+  and let the model axis span hosts.
+  """
   devices = list(jax.devices() if devices is None else devices)
   sizes = mesh_shape(mesh_config, len(devices))
-  return jax.make_mesh(
-      tuple(sizes.values()), tuple(sizes), devices=devices,
-      axis_types=(jax.sharding.AxisType.Auto,) * len(sizes))
+  axis_types = (jax.sharding.AxisType.Auto,) * len(sizes)
+  num_processes = len({d.process_index for d in devices})
+  if num_processes == 1:
+    return jax.make_mesh(tuple(sizes.values()), tuple(sizes),
+                         devices=devices, axis_types=axis_types)
+  per_process = len(devices) // num_processes
+  inner = math.prod(list(sizes.values())[1:])
+  config_lib.check(per_process % inner == 0, 'mesh',
+                   f'{sizes}: the axes after the first ({inner} devices) '
+                   f'must fit within one process ({per_process} devices)')
+  order = sorted(devices, key=lambda d: (d.process_index, d.id))
+  return Mesh(np.array(order).reshape(tuple(sizes.values())), tuple(sizes),
+              axis_types=axis_types)
 
 
 def _model_shardings(abstract_state, mesh: Mesh, axis_rules) -> dict:

@@ -10,11 +10,14 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from conftest import CONFIGS, REPO_ROOT
 from realm_jax import aot
+from realm_jax import config_lib
+from realm_jax import sharding
 
 TINY = {'model.num_layers': 1, 'model.hidden_size': 32, 'model.num_heads': 2,
         'model.intermediate_size': 64, 'model.projection_size': 16,
@@ -108,3 +111,28 @@ def test_tpu_reports_a_step_that_does_not_fit():
   done = _compile_cli('--topology=v5e-4', '--config.batch_size=32768')
   assert done.returncode == 1, done.stderr[-3000:]
   assert 'does NOT fit' in done.stdout
+
+
+@pytest.mark.parametrize('topology, model', [('v4-64', 1), ('v4-64', 4),
+                                             ('v5e-256', 2)])
+def test_pod_mesh_gives_each_host_its_own_rows(topology, model):
+  """On a pod's devices (compile-only), each host's devices hold exactly the
+  batch rows that host reads: [p * B / P, (p + 1) * B / P)."""
+  _libtpu()
+  for name, value in (('ALLOW_MULTIPLE_LIBTPU_LOAD', '1'),
+                      ('TPU_ACCELERATOR_TYPE', topology),
+                      ('TPU_WORKER_HOSTNAMES', 'localhost')):
+    os.environ.setdefault(name, value)  # as realm-compile sets them
+  devices = aot.tpu_devices(aot.parse_topology(topology))
+  mesh = sharding.make_mesh(
+      ml_collections.ConfigDict(dict(data=-1, model=model)), devices)
+  batch = 1024
+  rows = {}
+  for device, index in sharding.batch_sharding(
+      mesh, config_lib.AXIS_RULES).devices_indices_map((batch,)).items():
+    rows.setdefault(device.process_index, set()).update(
+        range(*index[0].indices(batch)))
+  per_host = batch // len(rows)
+  assert len(rows) > 1
+  for p, host_rows in rows.items():
+    assert sorted(host_rows) == list(range(p * per_host, (p + 1) * per_host))
