@@ -107,8 +107,9 @@ def tiled(sample: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 
 def index_stages(embeddings: np.ndarray, kind: str,
-                 root: pathlib.Path) -> dict[str, float]:
-  """Seconds to read the chunks back, build the index and publish it."""
+                 root: pathlib.Path) -> tuple[dict[str, float], int]:
+  """Seconds to read the chunks back, build the index and publish it; the
+  published version's bytes."""
   building = root / 'building'
   if building.exists():
     shutil.rmtree(building)
@@ -126,8 +127,11 @@ def index_stages(embeddings: np.ndarray, kind: str,
   store = index_store.IndexStore(root / 'index')
   step = len(store.versions())
   _, publish_s = timed(lambda: store.publish(step, index, loaded[:16], {}))
-  shutil.rmtree(store.version_dir(index_store.version_name(step)))
-  return dict(read=read_s, build=build_s, publish=publish_s)
+  version = store.version_dir(index_store.version_name(step))
+  size = sum(f.stat().st_size for f in pathlib.Path(version).rglob('*')
+             if f.is_file())
+  shutil.rmtree(version)
+  return dict(read=read_s, build=build_s, publish=publish_s), size
 
 
 def main(argv):
@@ -136,7 +140,9 @@ def main(argv):
   try:
     largest = _EMBED_BLOCKS.value
     corpus = synthetic_corpus(root / 'corpus_wd', largest)
-    samples = [largest // 10, 3 * largest // 10, min(largest, len(corpus))]
+    # Whole batches: a padded last batch would cost the small samples more.
+    samples = [n // _BATCH_SIZE.value * _BATCH_SIZE.value for n in (
+        largest // 10, 3 * largest // 10, min(largest, len(corpus)))]
     print(f'Embedding (tiny tower, batch {_BATCH_SIZE.value}, '
           f'{jax.local_device_count()} device(s)) on the first n blocks of a '
           f'{len(corpus)}-block synthetic corpus:')
@@ -158,10 +164,10 @@ def main(argv):
             'measured at full size):')
       print(f'{"blocks":>9} {"embed s":>9} {"read s":>7} {"build s":>8} '
             f'{"publish s":>9} {"total s":>9} {"us/block":>9} {"ratio":>6} '
-            f'{"index-only us/block":>20} {"ratio":>6}')
+            f'{"index-only us/block":>20} {"ratio":>6} {"bytes/block":>12}')
       first = None
       for n in map(int, _SIZES.value):
-        stages = index_stages(tiled(sample, n), kind, root / kind)
+        stages, size = index_stages(tiled(sample, n), kind, root / kind)
         index_s = sum(stages.values())
         total = n * per_block_embed + index_s
         row = (1e6 * total / n, 1e6 * index_s / n)
@@ -169,7 +175,7 @@ def main(argv):
         print(f'{n:9d} {n * per_block_embed:9.0f} {stages["read"]:7.2f} '
               f'{stages["build"]:8.2f} {stages["publish"]:9.2f} '
               f'{total:9.0f} {row[0]:9.1f} {row[0] / first[0]:6.3f} '
-              f'{row[1]:20.2f} {row[1] / first[1]:6.2f}')
+              f'{row[1]:20.2f} {row[1] / first[1]:6.2f} {size / n:12.1f}')
   finally:
     if not _WORKDIR.value:
       shutil.rmtree(root, ignore_errors=True)

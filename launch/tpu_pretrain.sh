@@ -48,7 +48,7 @@
 # finished chunks). That is also the recovery after a spot preemption,
 # once the preempted VM is deleted.
 #
-# Cost knobs:
+# Cost knobs (docs/pod.md; builder sizing: docs/capacity_plan.md):
 #   --trainer-type   the trainer slice. REALM pre-trained on 64 TPUv3 cores
 #                    (batch 512, 200k steps); e.g. v4-64 (32 chips, 8 hosts).
 #                    The slice is billed while it exists, whether the job
