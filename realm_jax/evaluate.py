@@ -108,8 +108,10 @@ class Predictor:
                                          q['query_mask']))
     self._read = jax.jit(lambda p, b: openqa_model.best_spans(
         nnx.merge(graphdef, p), b))
+    # The model's vocabulary may be padded beyond the tokenizer's.
     self._closed_book = jax.jit(lambda p, b: jnp.argmax(
-        openqa_model.closed_book_logits(nnx.merge(graphdef, p), b), -1))
+        openqa_model.closed_book_logits(nnx.merge(graphdef, p), b)
+        [..., :self.tokenizer.vocab_size], -1))
     self._mesh = mesh
     if self.closed_book:
       self.index = None

@@ -118,8 +118,6 @@ def init_from_run(state, config, shardings) -> dict:
   a REALM with separate towers: its (document) tower -> doc_tower and
   query_tower, its reader if it has one (ICT runs have none)."""
   init_from = epath.Path(config.init_from)
-  init = evaluate.read_workdir_config(init_from)
-  check_architecture(config.model, init.model, init_from)
   manager = checkpointing.make_manager(init_from / 'checkpoints',
                                        read_only=True)
   step = manager.latest_step()
@@ -231,6 +229,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Fine-tunes; returns the last logged metrics (and eval results)."""
   validate(config, jax.device_count())
+  if config.init_from:
+    check_architecture(config.model, evaluate.read_workdir_config(
+        config.init_from).model, config.init_from)
   workdir = epath.Path(workdir)
   corpus_dir = default_corpus_dir(config) or str(workdir / 'corpus')
   corpus = corpus_lib.Corpus(corpus_dir)

@@ -1,0 +1,145 @@
+"""realm-finetune's start and resume: what it copies, freezes and indexes."""
+import importlib.util
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import CONFIGS
+from realm_jax import checkpointing
+from realm_jax import corpus as corpus_lib
+from realm_jax import evaluate
+from realm_jax import finetune
+from realm_jax import ict
+from realm_jax import index_store
+from test_ict import _ict_config
+
+pytestmark = pytest.mark.slow
+TINY_MODEL = dict(num_layers=1, hidden_size=32, num_heads=2,
+                  intermediate_size=64, projection_size=16, vocab_size=1000)
+
+
+def _config(init_from, train, **overrides):
+  spec = importlib.util.spec_from_file_location('finetune_config',
+                                                CONFIGS / 'finetune.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('tiny')
+  config.model.update(TINY_MODEL)
+  config.init_from = str(init_from)
+  config.train_data = str(train)
+  config.lengths.reader_len = 96
+  config.retriever_beam_size = 16
+  config.reader_beam_size = 2
+  config.num_train_steps = 4
+  config.checkpoint.every_steps = 2
+  config.log_every_steps = 1
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def _params(workdir, step):
+  manager = checkpointing.make_manager(workdir / 'checkpoints',
+                                       read_only=True)
+  return jax.device_get(manager.restore(step).state['params'])
+
+
+def _equal(a, b):
+  return all(jax.tree.leaves(jax.tree.map(np.array_equal, a, b)))
+
+
+@pytest.fixture(scope='module')
+def setup(tiny_corpus_workdir, tmp_path_factory):
+  root = tmp_path_factory.mktemp('finetune_init')
+  ict_dir = root / 'ict'
+  ict_dir.mkdir()
+  (ict_dir / 'corpus').symlink_to(tiny_corpus_workdir / 'corpus')
+  ict.train_and_evaluate(_ict_config(num_train_steps=2), str(ict_dir))
+  corpus = corpus_lib.Corpus(ict_dir / 'corpus')
+  questions = [dict(question=f'What about {r["title"]}?',
+                    answer=[r['text'].split()[2]])
+               for r in corpus.records(np.arange(24))]
+  train = root / 'train.jsonl'
+  train.write_text(''.join(json.dumps(q) + '\n' for q in questions))
+  return root, ict_dir, train, corpus
+
+
+def test_start_from_ict_freezes_the_doc_tower_and_resumes(setup):
+  root, ict_dir, train, corpus = setup
+  ict_params = _params(ict_dir, 2)
+  clean, resumed = root / 'clean', root / 'resumed'
+  finetune.train_and_evaluate(_config(ict_dir, train), str(clean))
+  # As if killed after step 3: the last checkpoint is step 2.
+  shutil.copytree(clean, resumed, symlinks=True)
+  shutil.rmtree(resumed / 'checkpoints' / '4')
+  (resumed / 'TRAINING_DONE').unlink()
+  finetune.train_and_evaluate(_config(ict_dir, train), str(resumed))
+
+  start = _params(clean, 0)
+  shared = ict_params['retriever']['doc_tower']  # ICT shares its towers
+  assert _equal(start['retriever']['doc_tower'], shared)
+  assert _equal(start['retriever']['query_tower'], shared)
+  end = _params(clean, 4)
+  assert _equal(end['retriever']['doc_tower'], shared)  # frozen
+  assert not _equal(end['retriever']['query_tower'], shared)
+  assert not _equal(end['reader'], start['reader'])
+
+  # Killed after step 2 and restarted: the same parameters at step 4.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6),
+               _params(resumed, 4), end)
+  steps = [json.loads(l)['step'] for l in (
+      resumed / 'logs' / 'finetune' / 'metrics.jsonl').read_text()
+           .splitlines()]
+  assert steps == [1, 2, 3, 4, 3, 4]  # steps 3 and 4 again, not 1 and 2
+
+  # The fixed index holds the frozen tower's embeddings of every block.
+  store = index_store.IndexStore(clean / 'index')
+  index, manifest = store.load(store.pointer()['version'])
+  assert manifest['checkpoint_step'] == 0
+  assert index.num_vectors == len(corpus)
+  predictor = evaluate.Predictor(clean)
+  expected = predictor._embed_corpus().vectors(np.arange(len(corpus)))
+  np.testing.assert_allclose(index.vectors(np.arange(len(corpus))), expected,
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_start_from_a_run_with_a_reader_and_two_towers(setup):
+  """A fine-tuned (or REALM) run's reader and question tower are copied."""
+  root, ict_dir, train, _ = setup
+  first, second = root / 'first', root / 'second'
+  finetune.train_and_evaluate(_config(ict_dir, train, num_train_steps=2),
+                              str(first))
+  finetune.train_and_evaluate(_config(first, train, num_train_steps=1),
+                              str(second))
+  before, start = _params(first, 2), _params(second, 0)
+  assert _equal(start['retriever'], before['retriever'])
+  assert _equal(start['reader'], before['reader'])
+
+
+def test_closed_book(setup):
+  root, ict_dir, train, corpus = setup
+  workdir = root / 'closed_book'
+  metrics = finetune.train_and_evaluate(
+      _config(ict_dir, train, closed_book=True, num_train_steps=3,
+              eval_data=str(train)), str(workdir))
+  assert not (workdir / 'index').exists()  # no retrieval, no index
+  assert 0.0 <= metrics['eval/exact_match'] <= 1.0
+  assert not any(k.startswith('eval/recall') for k in metrics)
+  records = [json.loads(l) for l in (workdir / 'eval' / 'predictions.jsonl')
+             .read_text().splitlines()]
+  assert len(records) == 24 and all(r['blocks'] == [] for r in records)
+  start, end = _params(workdir, 0), _params(workdir, 3)
+  assert _equal(start['retriever'], end['retriever'])
+  assert not _equal(start['reader'], end['reader'])
+
+
+def test_mismatched_architecture_names_the_field(setup, tmp_path):
+  _, ict_dir, train, _ = setup
+  config = _config(ict_dir, train)
+  config.model.hidden_size = 64
+  with pytest.raises(ValueError, match=r'config\.model\.hidden_size: 64 != '
+                     r'32 of the run in'):
+    finetune.train_and_evaluate(config, str(tmp_path / 'ft'))
