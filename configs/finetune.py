@@ -10,6 +10,9 @@ Data (`train_data`, `eval_data`): a JSON-lines file {"question", "answer":
 CuratedTrec's answers are regular expressions: set regex_answers=True.
 `init_from` is a realm-pretrain (or realm-ict) workdir whose model config
 must match `model`; `corpus_dir` defaults to that run's corpus.
+`init.bert_checkpoint` (a Hugging Face BERT directory) starts every encoder
+from BERT, as ORQA's reader does; with `init_from` too, the run's params
+then replace BERT's where it has them.
 `closed_book=True` trains the reader alone to write the answer into
 `answer_slots` [MASK]s (the no-retrieval baseline).
 
@@ -41,6 +44,8 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   tiny = arg == 'tiny'
   config = ml_collections.ConfigDict()
   config.init_from = ''  # a realm-pretrain or realm-ict workdir
+  # Or/and a BERT-family checkpoint for every encoder (applied first).
+  config.init = config_lib.init_config()
   config.corpus_dir = ''  # '' = init_from's corpus
   config.train_data = ''
   config.eval_data = ''  # evaluated after the last step ('' = not)

@@ -31,6 +31,7 @@ import optax
 import tqdm
 
 from realm_jax import answers
+from realm_jax import bert_import
 from realm_jax import checkpointing
 from realm_jax import cli
 from realm_jax import config_lib
@@ -228,6 +229,7 @@ def openqa_batch(examples, params, embed_queries, index, corpus, config,
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Fine-tunes; returns the last logged metrics (and eval results)."""
+  config = bert_import.apply_init_config(config)
   validate(config, jax.device_count())
   if config.init_from:
     check_architecture(config.model, evaluate.read_workdir_config(
@@ -238,6 +240,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   config_lib.check(config.model.vocab_size >= corpus.tokenizer.vocab_size,
                    'model.vocab_size', f'{config.model.vocab_size} < the '
                    f'corpus vocabulary {corpus.tokenizer.vocab_size}')
+  if config.init.bert_checkpoint:
+    bert_import.check_vocab(corpus.tokenizer, config.init.bert_checkpoint)
   examples = openqa_data.load(config.train_data, config.regex_answers,
                               config.tfds_data_dir)
   config.corpus_dir = corpus_dir  # realm-evaluate and realm-answer read it
@@ -251,7 +255,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   graphdef, state, shardings, position = train_lib.init_train_state(
       lambda: models.REALM(model_config, rngs=nnx.Rngs(config.seed)),
       tx, mesh, config.axis_rules, manager)
-  if position is None:
+  if position is None:  # a fresh start: BERT first, then the run's params
+    if config.init.bert_checkpoint:
+      state = dict(state, params=bert_import.init_job_params(
+          state['params'], shardings['params'], ml_collections.ConfigDict(
+              dict(model=model_config, init=config.init))))
     if config.init_from:
       state = init_from_run(state, config, shardings)
     # Step 0 holds the frozen document tower the index is built with.

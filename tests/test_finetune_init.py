@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import CONFIGS
+from realm_jax import bert_import
 from realm_jax import checkpointing
 from realm_jax import corpus as corpus_lib
 from realm_jax import evaluate
@@ -15,6 +16,8 @@ from realm_jax import finetune
 from realm_jax import ict
 from realm_jax import index_store
 from test_ict import _ict_config
+from test_ict import minilm_corpus_workdir  # pylint: disable=unused-import
+from test_ict import minilm_dir  # pylint: disable=unused-import
 
 pytestmark = pytest.mark.slow
 TINY_MODEL = dict(num_layers=1, hidden_size=32, num_heads=2,
@@ -143,3 +146,31 @@ def test_mismatched_architecture_names_the_field(setup, tmp_path):
   with pytest.raises(ValueError, match=r'config\.model\.hidden_size: 64 != '
                      r'32 of the run in'):
     finetune.train_and_evaluate(config, str(tmp_path / 'ft'))
+
+
+def test_start_from_bert(minilm_dir, minilm_corpus_workdir, tmp_path):
+  """init.bert_checkpoint: every encoder starts as the checkpoint."""
+  corpus = corpus_lib.Corpus(minilm_corpus_workdir / 'corpus')
+  questions = [dict(question=f'Who is {r["title"]}?',
+                    answer=[r['text'].split()[1]])
+               for r in corpus.records(np.arange(8))]
+  train = tmp_path / 'train.jsonl'
+  train.write_text(''.join(json.dumps(q) + '\n' for q in questions))
+  config = _config('', train, num_train_steps=1, **{
+      'init.bert_checkpoint': str(minilm_dir), 'model.pooling': 'mean',
+      'model.projection_size': 0, 'lengths.query_len': 32,
+      'lengths.reader_len': 160, 'retriever_beam_size': 8,
+      'corpus_dir': str(corpus.path)})
+  workdir = tmp_path / 'ft'
+  finetune.train_and_evaluate(config, str(workdir))
+  encoder = bert_import.import_bert_encoder(minilm_dir)
+  start = _params(workdir, 0)
+  expected = jax.tree.leaves(encoder)  # (layer keys: ints vs strings)
+  for tower in (start['retriever']['doc_tower'],
+                start['retriever']['query_tower'], start['reader']):
+    got = jax.tree.leaves(tower['encoder'])
+    assert len(got) == len(expected)
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+  # Mean pooling, no projection: the index holds 384-d MiniLM vectors.
+  store = index_store.IndexStore(workdir / 'index')
+  assert store.load(store.pointer()['version'])[0].dim == 384
