@@ -201,17 +201,18 @@ def check_vocab(tokenizer, checkpoint_dir: str | os.PathLike[str],
   vocab_path = pathlib.Path(checkpoint_dir) / VOCAB_FILE
   config_lib.check(vocab_path.is_file(), field, f'no {vocab_path}')
   theirs = wordpiece.WordPieceTokenizer(vocab_path)
-  hint = (f'; prepare the corpus with --config.tokenizer.path={vocab_path}')
+  hint = f'; prepare the corpus with --config.tokenizer.path={vocab_path}'
   config_lib.check(tokenizer.vocab_size == theirs.vocab_size, field,
                    f'the checkpoint\'s vocab has {theirs.vocab_size} word '
                    f'pieces, the corpus tokenizer {tokenizer.vocab_size}'
                    f'{hint}')
-  for token_id in range(theirs.vocab_size):
-    ours = tokenizer.id_to_token(token_id)
-    config_lib.check(ours == theirs.id_to_token(token_id), field,
-                     f'word piece {token_id} is {ours!r} in the corpus '
-                     f'tokenizer, {theirs.id_to_token(token_id)!r} in '
-                     f'{vocab_path}{hint}')
+  differs = next((i for i in range(theirs.vocab_size)
+                  if tokenizer.id_to_token(i) != theirs.id_to_token(i)), None)
+  if differs is not None:
+    raise config_lib.ConfigError(
+        f'config.{field}: word piece {differs} is '
+        f'{tokenizer.id_to_token(differs)!r} in the corpus tokenizer, '
+        f'{theirs.id_to_token(differs)!r} in {vocab_path}{hint}')
 
 
 def _load_tensors(checkpoint_dir: pathlib.Path) -> dict[str, np.ndarray]:

@@ -51,9 +51,10 @@ def question_inputs(tokenizer, questions: Sequence[str],
 
 def load_retriever(workdir: epath.PathLike | None,
                    model_config: ml_collections.ConfigDict | None = None,
-                   seed: int = 0) -> models.Retriever:
-  """The retriever of a run's latest checkpoint (model config from its
-  config.json), or a freshly initialised one when workdir is None."""
+                   seed: int = 0, step: int | None = None) -> models.Retriever:
+  """The retriever of a run's checkpoint `step` (default: the latest; model
+  config from its config.json), or a freshly initialised one when workdir
+  is None."""
   if workdir is not None:
     workdir = epath.Path(workdir)
     model_config = ml_collections.ConfigDict(
@@ -65,7 +66,8 @@ def load_retriever(workdir: epath.PathLike | None,
   manager = checkpointing.make_manager(workdir / 'checkpoints',
                                        read_only=True)
   params = checkpointing.restore_subtree(
-      manager, manager.latest_step(), ('params', 'retriever'),
+      manager, manager.latest_step() if step is None else step,
+      ('params', 'retriever'),
       checkpointing.abstract(nnx.to_pure_dict(state)))
   return nnx.merge(graphdef, params)
 
