@@ -202,7 +202,8 @@ class ExactIndex(MipsIndex):
     self.num_vectors, self.dim = embeddings.shape
     self.chunk_size = chunk_size
     self.query_batch_size = query_batch_size
-    devices = list(jax.devices() if devices is None else devices)
+    # This process's devices: every host serves its own copy of the index.
+    devices = list(jax.local_devices() if devices is None else devices)
     self._mesh = Mesh(np.array(devices), (_ROWS,))
     # Each device holds shard_rows rows, a whole number of chunks; the last
     # shards are padded with zero rows that search masks out.
@@ -353,7 +354,8 @@ def build_index(embeddings: np.ndarray, config: ml_collections.ConfigDict,
                 devices=None) -> MipsIndex:
   """An index over the rows of `embeddings` (float32 [N, D]).
 
-  `devices` (default: all) hold the exact index; ScaNN runs on the host.
+  `devices` (default: this process's) hold the exact index; ScaNN runs on
+  the host.
   """
   validate_config(config)
   if embeddings.ndim != 2 or embeddings.shape[0] < 1:

@@ -36,7 +36,7 @@ TRAINER_FLAGS = [
     '--config.index.poll_seconds=0.2', '--config.index.wait_seconds=300']
 # ScaNN, not the exact index: its jax search would span both processes'
 # devices (mips.ExactIndex defaults to jax.devices()).
-BUILDER_FLAGS = ['--config.chunk_blocks=16', '--config.index.kind=scann',
+BUILDER_FLAGS = ['--config.chunk_blocks=16',
                  '--once']
 TIMEOUT = 300
 
