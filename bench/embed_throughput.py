@@ -73,7 +73,7 @@ def model_flops_per_block(config, block_len: int) -> dict[str, float]:
   FLOPs; the rest is O(L*H) or O(L*L) elementwise, a few % at most).
   """
   L, H = block_len, config.hidden_size
-  I, P = config.intermediate_size, config.projection_size
+  I, P = config.intermediate_size, config.projection_size or 0  # 0: none
   per_layer = dict(qkv=6 * L * H * H, out=2 * L * H * H,
                    attention=4 * L * L * H, mlp=4 * L * H * I)
   flops = {k: config.num_layers * v for k, v in per_layer.items()}
