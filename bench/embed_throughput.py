@@ -29,7 +29,7 @@ import numpy as np
 
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
-from realm_jax import embedding
+from realm_jax.retrieval import embedding
 from realm_jax import sharding
 
 _MODELS = flags.DEFINE_list('models', ['tiny', 'base'],

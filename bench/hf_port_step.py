@@ -10,7 +10,7 @@ One tiny shape (hidden 128, 2 layers, 2 heads, ffn 512, vocab 30,522; batch 8,
 8 candidates with the null doc first, query 64, block 288, joint 128, 10
 masks), the same random inputs on both sides, one full training step each:
 
-  ours  `pretrain.train_step` under `train_lib.jit_train_step`, on a 1-device
+  ours  `trainer.train_step` of objectives/realm.py under `trainer.jit_train_step`, on a 1-device
         CPU mesh: shared retriever tower embeds the query and the 8 candidates,
         p(z|x) = softmax of the inner products, the reader over the 8 joint
         sequences, per-mask logsumexp_z marginal, optax AdamW (+ clipping)
@@ -44,7 +44,8 @@ from realm_jax import config_lib
 from realm_jax import models
 from realm_jax import optim
 from realm_jax import sharding
-from realm_jax import train_lib
+from realm_jax import trainer
+from realm_jax.objectives import realm as realm_objective
 
 # The shape under test.
 VOCAB = 30522
@@ -94,8 +95,8 @@ def make_batch(seed: int = 0) -> dict[str, np.ndarray]:
       query_ids=query_ids, query_mask=(query_ids != 0).astype(np.int32),
       candidate_ids=candidate_ids, candidate_segments=candidate_segments,
       candidate_mask=(candidate_ids != 0).astype(np.int32),
-      joint_ids=joint_ids, joint_segments=joint_segments,
-      joint_mask=(joint_ids != 0).astype(np.int32),
+      reader_ids=joint_ids, reader_segments=joint_segments,
+      reader_mask=(joint_ids != 0).astype(np.int32),
       mlm_positions=mlm_positions, mlm_targets=mlm_targets,
       mlm_weights=np.ones((B, M), np.float32))
 
@@ -117,21 +118,20 @@ class Ours:
   name = 'ours (JAX)'
 
   def __init__(self, batch):
-    from realm_jax import pretrain  # pylint: disable=g-import-not-at-top
-    self.pretrain = pretrain
     config = model_config()
     self.mesh = sharding.make_mesh(config_lib.mesh_config(),
                                    jax.local_devices()[:1])
     self.tx = optim.make_optimizer(optim.optimizer_config(LEARNING_RATE),
                                    1000)
-    self.graphdef, self.state, shardings, _ = train_lib.init_train_state(
+    self.graphdef, self.state, shardings, _ = trainer.init_train_state(
         lambda: models.REALM(config, rngs=nnx.Rngs(0)), self.tx, self.mesh,
         config_lib.AXIS_RULES)
     self.num_params = count(self.state['params'])
     batch_sharding = sharding.batch_sharding(self.mesh, config_lib.AXIS_RULES)
-    self.step_fn = train_lib.jit_train_step(
-        functools.partial(pretrain.train_step, graphdef=self.graphdef,
-                          tx=self.tx), shardings, batch_sharding, self.mesh)
+    self.step_fn = trainer.jit_train_step(
+        functools.partial(trainer.train_step, graphdef=self.graphdef,
+                          tx=self.tx, loss_fn=realm_objective.loss),
+        shardings, batch_sharding, self.mesh)
     self.batch = sharding.global_batch(batch, batch_sharding)
     self.key = jax.random.PRNGKey(0)
     self.losses = []
@@ -157,7 +157,7 @@ class Ours:
 
   def part_times(self, steps: int) -> dict[str, float]:
     """Median seconds of jitted pieces of our step (dropout on)."""
-    graphdef, realm_loss = self.graphdef, self.pretrain.realm_loss
+    graphdef, realm_loss = self.graphdef, realm_objective.loss
 
     def retriever(params, batch, key):
       model, rngs = nnx.merge(graphdef, params), nnx.Rngs(dropout=key)
@@ -173,9 +173,9 @@ class Ours:
 
     def reader(params, batch, key):
       model = nnx.merge(graphdef, params)
-      return model.reader(batch['joint_ids'].reshape(B * K, J),
-                          batch['joint_segments'].reshape(B * K, J),
-                          batch['joint_mask'].reshape(B * K, J),
+      return model.reader(batch['reader_ids'].reshape(B * K, J),
+                          batch['reader_segments'].reshape(B * K, J),
+                          batch['reader_mask'].reshape(B * K, J),
                           rngs=nnx.Rngs(dropout=key)).sum()
 
     loss = lambda params, batch, key: realm_loss(params, batch, key,
@@ -255,9 +255,9 @@ class HuggingFace:
         input_ids=t(batch['candidate_ids']).view(B * K, L),
         attention_mask=t(batch['candidate_mask']).view(B * K, L),
         token_type_ids=t(batch['candidate_segments']).view(B * K, L))
-    self.joint = dict(input_ids=t(batch['joint_ids']),
-                      attention_mask=t(batch['joint_mask']),
-                      token_type_ids=t(batch['joint_segments']))
+    self.joint = dict(input_ids=t(batch['reader_ids']),
+                      attention_mask=t(batch['reader_mask']),
+                      token_type_ids=t(batch['reader_segments']))
     # The port scores every joint position: labels [B, J], -100 off-mask.
     labels = np.full((B, J), -100, np.int64)
     np.put_along_axis(labels, batch['mlm_positions'],

@@ -26,25 +26,27 @@ import numpy as np
 from flax import nnx
 
 from realm_jax import config_lib
-from realm_jax import ict
-from realm_jax import index_handle
-from realm_jax import index_store
-from realm_jax import mips
+from realm_jax.jobs import ict
+from realm_jax.retrieval import index_handle
+from realm_jax.retrieval import index_store
+from realm_jax.retrieval import mips
 from realm_jax import optim
 from realm_jax import sharding
-from realm_jax import train_lib
+from realm_jax import trainer
+from realm_jax.objectives import ict as ict_objective
 
 
 def make_train_step(batch_size: int):
   config = config_lib.model_config('tiny', vocab_size=8000)
   mesh = sharding.make_mesh(config_lib.mesh_config(), jax.local_devices())
   tx = optim.make_optimizer(optim.optimizer_config(1e-4), 1000)
-  graphdef, state, shardings, _ = train_lib.init_train_state(
+  graphdef, state, shardings, _ = trainer.init_train_state(
       lambda: ict.RetrieverModel(config, rngs=nnx.Rngs(0)), tx, mesh,
       config_lib.AXIS_RULES)
   batch_sharding = sharding.batch_sharding(mesh, config_lib.AXIS_RULES)
-  step_fn = train_lib.jit_train_step(
-      functools.partial(ict.train_step, graphdef=graphdef, tx=tx), shardings,
+  step_fn = trainer.jit_train_step(
+      functools.partial(trainer.train_step, graphdef=graphdef, tx=tx,
+                        loss_fn=ict_objective.loss), shardings,
       batch_sharding, mesh)
   rng = np.random.default_rng(0)
   batch = dict(

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import scann
 
-from realm_jax import mips
+from realm_jax.retrieval import mips
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _SIZES = flags.DEFINE_list('sizes', ['100000', '1000000'],

@@ -24,7 +24,7 @@ from absl import flags
 from absl import logging
 
 from realm_jax import documents
-from realm_jax import prepare_corpus as prepare
+from realm_jax.jobs import prepare_corpus as prepare
 from realm_jax import tokenization
 # pylint: enable=g-import-not-at-top,wrong-import-position
 

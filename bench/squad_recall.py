@@ -19,7 +19,8 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import ml_collections  # pylint: disable=g-import-not-at-top
 
 from realm_jax import corpus as corpus_lib
-from realm_jax import retrieval_eval
+import retrieval_eval  # bench/retrieval_eval.py
+from realm_jax.inputs import questions as questions_lib
 
 KS = (1, 5, 20)
 
@@ -32,7 +33,7 @@ def main():
                       help='NAME=WORKDIR of a trainer run')
   args = parser.parse_args()
   corpus = corpus_lib.Corpus(args.corpus)
-  questions = retrieval_eval.read_questions(args.questions)
+  questions = questions_lib.load(args.questions)
   texts = [q['question'] for q in questions]
   runs = dict(r.split('=', 1) for r in args.run)
 

@@ -12,7 +12,7 @@ large differ in batch and chunk sizes.
 import ml_collections
 
 from realm_jax import config_lib
-from realm_jax import mips
+from realm_jax.retrieval import mips
 
 
 def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:

@@ -12,7 +12,7 @@
 # needed):
 #   0. Compiles the trainer's step for --trainer-type and the builder's
 #      embed step for a --builder-type host, here, ahead of time
-#      (realm-compile, run as .venv/bin/python -m realm_jax.aot: libtpu, no
+#      (realm-compile, run as .venv/bin/python -m realm_jax.jobs.aot: libtpu, no
 #      TPU; `pip install -e '.[tpu]'` in this repository's .venv), with the
 #      same config and overrides, and stops if either does not fit in a
 #      chip's memory -- before any TPU is paid for. --skip-compile skips it.
@@ -225,7 +225,7 @@ if (( SKIP_COMPILE )); then
   echo "# 0. Ahead-of-time compile skipped (--skip-compile)"
 else
   echo "# 0. Compile both programs for $TRAINER_TYPE / a $BUILDER_TYPE host (realm-compile)"
-  COMPILE=("$REPO/.venv/bin/python" -m realm_jax.aot --platform=tpu
+  COMPILE=("$REPO/.venv/bin/python" -m realm_jax.jobs.aot --platform=tpu
     --config="$REPO/configs/pretrain.py:$VARIANT"
     --builder_config="$REPO/configs/index_builder.py:$VARIANT"
     --topology="$TRAINER_TYPE" --builder_topology="$BUILDER_TYPE"

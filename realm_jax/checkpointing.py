@@ -4,7 +4,7 @@ A checkpoint step folder holds two items:
   state/  the train state pytree {'step', 'params', 'opt_state'} (PyTree)
   data/   the input pipeline position (JSON), so a resumed run continues
           with the next unseen batch.
-The index builder restores only `params/retriever/doc_tower` from `state/`
+The index builder restores only workspace.DOC_TOWER_PATH from `state/`
 (partial restore: the other arrays are never read).
 """
 from collections.abc import Sequence
@@ -16,22 +16,21 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from realm_jax import config_lib
+from realm_jax.retrieval import workspace
 
 PyTree = Any
-DOC_TOWER_PATH = ('params', 'retriever', 'doc_tower')
-MIN_TO_KEEP = 5  # the index builder polls for new steps; keep a few around
 
 
 def checkpoint_config(every_steps: int) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      every_steps=every_steps, max_to_keep=MIN_TO_KEEP, async_save=True))
+      every_steps=every_steps, max_to_keep=workspace.MIN_CHECKPOINTS_TO_KEEP, async_save=True))
 
 
 def validate(config: ml_collections.ConfigDict, field: str = 'checkpoint'):
   config_lib.check(config.every_steps >= 1, f'{field}.every_steps',
                    'must be >= 1')
-  config_lib.check(config.max_to_keep >= MIN_TO_KEEP, f'{field}.max_to_keep',
-                   f'{config.max_to_keep} < {MIN_TO_KEEP}: the index builder '
+  config_lib.check(config.max_to_keep >= workspace.MIN_CHECKPOINTS_TO_KEEP, f'{field}.max_to_keep',
+                   f'{config.max_to_keep} < {workspace.MIN_CHECKPOINTS_TO_KEEP}: the index builder '
                    'may miss steps it is about to restore')
 
 
@@ -55,8 +54,9 @@ def make_manager(directory: epath.PathLike,
       processes = dict(multiprocessing_options=(
           ocp.options.MultiprocessingOptions(primary_host=me,
                                              active_processes={me})))
+    # save_interval_steps=0: orbax would otherwise warn that it sets it.
     options = ocp.CheckpointManagerOptions(read_only=True, create=False,
-                                           **processes)
+                                           save_interval_steps=0, **processes)
   else:
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=config.every_steps,
@@ -107,3 +107,14 @@ def restore_subtree(manager: ocp.CheckpointManager, step: int,
 def abstract(tree: PyTree) -> PyTree:
   """ShapeDtypeStructs (with shardings) of a tree of arrays."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def latest(workdir: epath.PathLike, field: str
+           ) -> tuple[ocp.CheckpointManager, int]:
+  """(a read-only manager, its latest step) of another run's checkpoints;
+  a ConfigError names `field` when it has none."""
+  manager = make_manager(epath.Path(workdir) / 'checkpoints', read_only=True)
+  step = manager.latest_step()
+  config_lib.check(step is not None, field,
+                   f'no checkpoint in {workdir}/checkpoints')
+  return manager, step

@@ -1,13 +1,47 @@
-"""The command line every job shares: --config, --workdir, --config.x=y."""
+"""The command line every job shares: --config, --workdir, --config.x=y, and
+a quiet console (--library_logs brings other libraries' INFO lines back)."""
 from collections.abc import Callable
+import logging as python_logging
 import os
+import pathlib
 from typing import Any
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import ml_collections
 from ml_collections import config_flags
+
+# Our own code: realm_jax/ and the index_builder/ entry point beside it.
+_OUR_DIRS = tuple(str(pathlib.Path(__file__).resolve().parents[1] / name)
+                  for name in ('realm_jax', 'index_builder'))
+
+
+class _OwnInfoOnly(python_logging.Filter):
+  """Passes our records, and other libraries' warnings and errors only."""
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return (record.levelno >= python_logging.WARNING
+            or record.pathname.startswith(_OUR_DIRS))
+
+
+def define_console_flags() -> None:
+  flags.DEFINE_bool(
+      'library_logs', False, 'Also print the INFO logs of other libraries '
+      '(orbax, jax, tensorflow_datasets, ...); by default the console shows '
+      'our progress bars, metric lines and messages, and only their '
+      'warnings.')
+
+
+def quiet_console() -> None:
+  """Other libraries' INFO lines off the console unless --library_logs
+  (call once flags are parsed, in main)."""
+  if flags.FLAGS.library_logs:
+    return
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):
+    handler.addFilter(_OwnInfoOnly())
 
 
 def initialize_distributed() -> None:
@@ -40,10 +74,12 @@ def run_job(job: Callable[[ml_collections.ConfigDict, str], Any]) -> None:
   flags.DEFINE_string('workdir', None,
                       'Workspace directory (see WORKSPACE.md).')
   flags.mark_flags_as_required(['config', 'workdir'])
+  define_console_flags()
 
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    quiet_console()
     if os.environ.get('REALM_DISTRIBUTED') == '1':
       initialize_distributed()
     job(flags.FLAGS.config, flags.FLAGS.workdir)

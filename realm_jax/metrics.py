@@ -1,27 +1,59 @@
-"""Metrics to TensorBoard (WORKDIR/logs) and the console; process 0 only."""
+"""Metrics to TensorBoard (WORKDIR/logs), metrics.jsonl and the console;
+process 0 only."""
 from collections.abc import Mapping
 import json
 import math
 
-from absl import logging
 from etils import epath
 import jax
 import numpy as np
 import tensorboardX
+import tqdm
+
+# The first metrics of the console line, in this order; the rest follow
+# sorted by name.
+_CONSOLE_FIRST = ('loss',)
+
+
+def console_line(step: int, scalars: Mapping[str, float],
+                 num_steps: int | None = None) -> str:
+  """`step 50/300 | loss 3.21 | accuracy 0.45 ... | 2.1 steps/s, host 30%,
+  ETA 1m23s`: one readable line per log step."""
+  timing = {k: v for k, v in scalars.items() if k.startswith('time/')}
+  rest = {k: v for k, v in scalars.items() if k not in timing}
+  names = [k for k in _CONSOLE_FIRST if k in rest] + sorted(
+      k for k in rest if k not in _CONSOLE_FIRST)
+  parts = [f'step {step}' + (f'/{num_steps}' if num_steps else '')]
+  parts += [f'{k} {rest[k]:.4g}' for k in names]
+  if timing:
+    step_ms = timing['time/host_ms'] + timing['time/device_ms']
+    parts.append(f'{timing["time/steps_per_s"]:.3g} steps/s, host '
+                 f'{timing["time/host_ms"] / max(step_ms, 1e-9):.0%}, ETA '
+                 f'{_duration(timing["time/eta_s"])}')
+  return ' | '.join(parts)
+
+
+def _duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
 
 
 class MetricWriter:
-  """Writes scalars to TensorBoard events and a JSON-lines file."""
+  """Writes scalars to TensorBoard events, a JSON-lines file and, one line
+  per call, the console (above any progress bar)."""
 
-  def __init__(self, logdir: epath.PathLike):
+  def __init__(self, logdir: epath.PathLike, num_steps: int | None = None):
     self._enabled = jax.process_index() == 0
+    self._num_steps = num_steps
+    self.logdir = epath.Path(logdir)
     if self._enabled:
-      logdir = epath.Path(logdir)
-      logdir.mkdir(parents=True, exist_ok=True)
-      self._tb = tensorboardX.SummaryWriter(str(logdir))
-      self._jsonl = (logdir / 'metrics.jsonl').open('a')
+      self.logdir.mkdir(parents=True, exist_ok=True)
+      self._tb = tensorboardX.SummaryWriter(str(self.logdir))
+      self._jsonl = (self.logdir / 'metrics.jsonl').open('a')
 
-  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+  def write(self, step: int, scalars: Mapping[str, float],
+            console: bool = True) -> None:
     scalars = {k: float(np.asarray(v)) for k, v in scalars.items()}
     bad = [k for k, v in scalars.items() if not math.isfinite(v)]
     if bad:  # fail loudly, as big_vision does, rather than train on NaNs
@@ -32,8 +64,13 @@ class MetricWriter:
       self._tb.add_scalar(name, value, step)
     self._jsonl.write(json.dumps(dict(step=step, **scalars)) + '\n')
     self.flush()  # a killed trainer keeps every line it logged
-    logging.info('step %d: %s', step, ', '.join(
-        f'{k}={v:.4g}' for k, v in sorted(scalars.items())))
+    if console:
+      tqdm.tqdm.write(console_line(step, scalars, self._num_steps))
+
+  def write_text(self, name: str, text: str) -> None:
+    """A text file beside the metrics (e.g. the parameter table)."""
+    if self._enabled:
+      (self.logdir / name).write_text(text + '\n')
 
   def flush(self) -> None:
     if self._enabled:

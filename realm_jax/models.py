@@ -367,3 +367,12 @@ class REALM(nnx.Module):
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     self.retriever = Retriever(config, rngs=rngs)
     self.reader = Reader(config, rngs=rngs)
+
+
+def with_separate_towers(config: ml_collections.ConfigDict
+                         ) -> ml_collections.ConfigDict:
+  """The model config of fine-tuning: the question tower trains apart from
+  the frozen document tower."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.share_towers = False
+  return config

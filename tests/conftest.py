@@ -1,6 +1,7 @@
 """Shared test setup: 8 fake CPU devices, paths, and the shared-data rule."""
 import os
 import pathlib
+import sys
 
 # Must happen before jax is imported anywhere: tests build meshes of up to 8
 # devices; single-device tests ask for a 1-device mesh explicitly.
@@ -11,6 +12,8 @@ import pytest  # pylint: disable=g-import-not-at-top
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / 'configs'
+# bench/retrieval_eval.py: zero-shot recall, used by bench/ and the tests.
+sys.path.insert(0, str(REPO_ROOT / 'bench'))
 
 
 @pytest.fixture(scope='session')
@@ -43,7 +46,7 @@ def _prepare_corpus_config():
 @pytest.fixture(scope='session')
 def tiny_corpus_workdir(tmp_path_factory) -> pathlib.Path:
   """A workdir holding a small synthetic corpus (prepared once per session)."""
-  from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
+  from realm_jax.jobs import prepare_corpus  # pylint: disable=g-import-not-at-top
   config = _prepare_corpus_config()
   config.input.synthetic_docs = 150
   config.tokenizer.vocab_size = 1000
@@ -55,7 +58,7 @@ def tiny_corpus_workdir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope='session')
 def squad_corpus_workdir(shared_data, tmp_path_factory) -> pathlib.Path:
   """../shared/data/squad_open/corpus.jsonl prepared with a 4000-piece vocab."""
-  from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
+  from realm_jax.jobs import prepare_corpus  # pylint: disable=g-import-not-at-top
   config = _prepare_corpus_config()
   config.input.format = 'jsonl'
   config.input.paths = str(shared_data / 'squad_open' / 'corpus.jsonl')
@@ -75,7 +78,7 @@ def minilm_dir():
 @pytest.fixture(scope='session')
 def minilm_corpus_workdir(minilm_dir, tmp_path_factory):
   """A small synthetic corpus tokenized with MiniLM's vocab.txt."""
-  from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
+  from realm_jax.jobs import prepare_corpus  # pylint: disable=g-import-not-at-top
   config = _prepare_corpus_config()
   config.input.synthetic_docs = 40
   config.tokenizer.path = str(minilm_dir / 'vocab.txt')

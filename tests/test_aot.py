@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import CONFIGS, REPO_ROOT
-from realm_jax import aot
+from realm_jax.jobs import aot
 from realm_jax import config_lib
 from realm_jax import sharding
 
@@ -86,7 +86,7 @@ def _libtpu():
 
 def _compile_cli(*args):
   return subprocess.run(
-      [sys.executable, '-m', 'realm_jax.aot',
+      [sys.executable, '-m', 'realm_jax.jobs.aot',
        f'--config={CONFIGS}/pretrain.py:tiny', *TINY_FLAGS, *args],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))

@@ -22,7 +22,7 @@ from safetensors import numpy as safetensors_numpy
 from realm_jax import bert_import
 from realm_jax import config_lib
 from realm_jax import models
-from realm_jax import retrieval_eval
+import retrieval_eval  # bench/retrieval_eval.py
 from realm_jax import wordpiece
 
 SENTENCES = (
@@ -269,7 +269,7 @@ def test_prepare_corpus_with_the_checkpoint_vocab(checkpoint_dir, tmp_path):
   import importlib.util  # pylint: disable=g-import-not-at-top
   from conftest import CONFIGS  # pylint: disable=g-import-not-at-top
   from realm_jax import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
-  from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
+  from realm_jax.jobs import prepare_corpus  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location(
       'prepare_corpus_config', CONFIGS / 'prepare_corpus.py')
   module = importlib.util.module_from_spec(spec)

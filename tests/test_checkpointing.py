@@ -9,7 +9,8 @@ from realm_jax import checkpointing
 from realm_jax import config_lib
 from realm_jax import models
 from realm_jax import sharding
-from realm_jax import train_lib
+from realm_jax import trainer
+from realm_jax.retrieval import workspace
 
 
 def _config():
@@ -36,7 +37,7 @@ def _perturb(state, amount):
 
 def test_resume_restores_latest_state_and_position(tmp_path):
   mesh, tx, manager, create = _setup(tmp_path)
-  _, state, _, position = train_lib.init_train_state(
+  _, state, _, position = trainer.init_train_state(
       create, tx, mesh, config_lib.AXIS_RULES, manager)
   assert position is None and int(state['step']) == 0
   for step in range(1, 8):
@@ -48,7 +49,7 @@ def test_resume_restores_latest_state_and_position(tmp_path):
 
   manager = checkpointing.make_manager(
       tmp_path / 'checkpoints', checkpointing.checkpoint_config(1))
-  _, restored, shardings, position = train_lib.init_train_state(
+  _, restored, shardings, position = trainer.init_train_state(
       create, tx, mesh, config_lib.AXIS_RULES, manager)
   assert position == {'next_step': 7} and int(restored['step']) == 7
   for a, b, s in zip(jax.tree.leaves(state), jax.tree.leaves(restored),
@@ -70,7 +71,7 @@ def test_save_interval(tmp_path):
 
 def test_restore_only_the_document_tower(tmp_path):
   mesh, tx, manager, create = _setup(tmp_path)
-  _, state, _, _ = train_lib.init_train_state(
+  _, state, _, _ = trainer.init_train_state(
       create, tx, mesh, config_lib.AXIS_RULES, manager)
   state = _perturb(state, 1.0)
   checkpointing.save(manager, 1, state, {'next_step': 1})
@@ -81,7 +82,7 @@ def test_restore_only_the_document_tower(tmp_path):
   _, abstract_params = sharding.abstract_model(
       create, mesh, config_lib.AXIS_RULES)
   doc_tower = checkpointing.restore_subtree(
-      reader, reader.latest_step(), checkpointing.DOC_TOWER_PATH,
+      reader, reader.latest_step(), workspace.DOC_TOWER_PATH,
       abstract_params['retriever']['doc_tower'])
   expected = state['params']['retriever']['doc_tower']
   assert jax.tree.structure(doc_tower) == jax.tree.structure(expected)

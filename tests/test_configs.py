@@ -8,7 +8,7 @@ import pytest
 
 from conftest import CONFIGS, REPO_ROOT
 from realm_jax import config_lib
-from realm_jax import ict
+from realm_jax.jobs import ict
 
 VARIANTS = ('tiny', 'base', 'large')
 JOBS = sorted(p.stem for p in CONFIGS.glob('*.py'))
@@ -95,7 +95,7 @@ def _flatten(tree, prefix=''):
 
 def test_unknown_override_on_the_command_line_fails(tmp_path):
   result = subprocess.run(
-      [sys.executable, '-m', 'realm_jax.ict',
+      [sys.executable, '-m', 'realm_jax.jobs.ict',
        f'--config={CONFIGS}/ict.py:tiny', f'--workdir={tmp_path}',
        '--config.model.hiden_size=64'],
       capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,

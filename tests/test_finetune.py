@@ -18,8 +18,8 @@ import pytest
 
 from conftest import CONFIGS, REPO_ROOT
 from realm_jax import corpus as corpus_lib
-from realm_jax import finetune
-from realm_jax import prepare_corpus
+from realm_jax.jobs import finetune
+from realm_jax.jobs import prepare_corpus
 
 pytestmark = pytest.mark.slow
 _SYLLABLES = ('ka', 'lo', 'mi', 'ren', 'dor', 'ta', 'vel', 'sa', 'nor', 'bri',
@@ -134,7 +134,7 @@ def test_answer_from_a_swapped_corpus(world):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   def ask(*flags):
     out = subprocess.run(
-        [sys.executable, '-m', 'realm_jax.answer', '--json',
+        [sys.executable, '-m', 'realm_jax.jobs.answer', '--json',
          f'--workdir={world["workdir"]}', *flags,
          *[q['question'] for q in world['new_questions']]],
         capture_output=True, text=True, env=env, cwd=REPO_ROOT, check=True)

@@ -11,10 +11,10 @@ from conftest import CONFIGS
 from realm_jax import bert_import
 from realm_jax import checkpointing
 from realm_jax import corpus as corpus_lib
-from realm_jax import evaluate
-from realm_jax import finetune
-from realm_jax import ict
-from realm_jax import index_store
+from realm_jax import prediction
+from realm_jax.jobs import finetune
+from realm_jax.jobs import ict
+from realm_jax.retrieval import index_store
 from test_ict import _ict_config
 
 pytestmark = pytest.mark.slow
@@ -101,7 +101,7 @@ def test_start_from_ict_freezes_the_doc_tower_and_resumes(setup):
   index, manifest = store.load(store.pointer()['version'])
   assert manifest['checkpoint_step'] == 0
   assert index.num_vectors == len(corpus)
-  predictor = evaluate.Predictor(clean)
+  predictor = prediction.Predictor(clean)
   expected = predictor._embed_corpus().vectors(np.arange(len(corpus)))
   np.testing.assert_allclose(index.vectors(np.arange(len(corpus))), expected,
                              rtol=1e-4, atol=1e-5)

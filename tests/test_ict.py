@@ -10,8 +10,10 @@ from flax import nnx
 from conftest import CONFIGS
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
-from realm_jax import ict
-from realm_jax import ict_input
+from realm_jax.jobs import ict
+from realm_jax.inputs import ict as ict_input
+from realm_jax.objectives import ict as ict_objective
+from realm_jax.retrieval import workspace
 
 
 def _ict_config(**overrides):
@@ -95,7 +97,7 @@ def test_ict_loss_is_in_batch_softmax(corpus):
   graphdef, state = nnx.split(model)
   params = nnx.to_pure_dict(state)
   batch = _inputs(corpus).batch(0)
-  loss, metrics = ict.ict_loss(params, batch, None, graphdef)
+  loss, metrics = ict_objective.loss(params, batch, None, graphdef)
   q = np.asarray(model.retriever.embed_queries(
       batch['query_ids'], np.zeros_like(batch['query_ids']),
       batch['query_mask']), np.float64)
@@ -197,10 +199,10 @@ def test_ict_from_bert_checkpoint_then_index(minilm_dir, minilm_corpus_workdir,
                                              tmp_path, monkeypatch):
   """2 ICT steps from MiniLM (mean pooling, no projection), an index of its
   384-d embeddings, and a resume that does not re-import the checkpoint."""
-  from index_builder import main as builder_main  # pylint: disable=g-import-not-at-top
+  from realm_jax.retrieval import builder  # pylint: disable=g-import-not-at-top
   from realm_jax import bert_import  # pylint: disable=g-import-not-at-top
   from realm_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from realm_jax import index_store  # pylint: disable=g-import-not-at-top
+  from realm_jax.retrieval import index_store  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'run'
   workdir.mkdir()
   (workdir / 'corpus').symlink_to(minilm_corpus_workdir / 'corpus')
@@ -221,7 +223,7 @@ def test_ict_from_bert_checkpoint_then_index(minilm_dir, minilm_corpus_workdir,
                                        read_only=True)
   encoder = bert_import.import_bert_encoder(minilm_dir)
   tower = checkpointing.restore_subtree(
-      manager, 2, checkpointing.DOC_TOWER_PATH,
+      manager, 2, workspace.DOC_TOWER_PATH,
       checkpointing.abstract(jax.tree.map(np.asarray, {'encoder': encoder})))
   trained = tower['encoder']['layers'][3]['mlp']['output']['kernel']
   original = encoder['layers'][3]['mlp']['output']['kernel']
@@ -234,7 +236,7 @@ def test_ict_from_bert_checkpoint_then_index(minilm_dir, minilm_corpus_workdir,
   spec.loader.exec_module(builder_config)
   builder_config = builder_config.get_config('tiny')
   builder_config.update(embed_batch_size=8, chunk_blocks=64)
-  builder_main.Builder(builder_config, str(workdir)).run(once=True)
+  builder.Builder(builder_config, str(workdir)).run(once=True)
   store = index_store.IndexStore(workdir / 'index')
   index, manifest = store.load(index_store.version_name(2))
   assert manifest['dim'] == index.dim == 384

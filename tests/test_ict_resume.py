@@ -23,7 +23,7 @@ OVERRIDES = [
 
 
 def _command(workdir):
-  return [sys.executable, '-m', 'realm_jax.ict',
+  return [sys.executable, '-m', 'realm_jax.jobs.ict',
           f'--config={CONFIGS}/ict.py:tiny', f'--workdir={workdir}',
           *OVERRIDES]
 

@@ -14,11 +14,12 @@ from flax import nnx
 
 from conftest import CONFIGS, REPO_ROOT
 from realm_jax import checkpointing
+from realm_jax.retrieval import workspace
 from realm_jax import corpus as corpus_lib
-from realm_jax import embedding
-from realm_jax import ict
-from realm_jax import index_store
-from realm_jax import mips
+from realm_jax.retrieval import embedding
+from realm_jax.jobs import ict
+from realm_jax.retrieval import index_store
+from realm_jax.retrieval import mips
 from test_ict import _ict_config
 
 CHUNK = 16  # blocks per embedding chunk: the tiny corpus makes ~10 chunks
@@ -28,7 +29,7 @@ CHUNK = 16  # blocks per embedding chunk: the tiny corpus makes ~10 chunks
 # version folder is renamed into place, or just before LATEST is written.
 KILL_HARNESS = textwrap.dedent('''
     import os, signal, sys
-    from realm_jax import index_store
+    from realm_jax.retrieval import index_store
     point = sys.argv.pop(1)
     def kill():
       os.kill(os.getpid(), signal.SIGKILL)
@@ -96,7 +97,7 @@ def _direct_embeddings(workdir, step):
   manager = checkpointing.make_manager(workdir / 'checkpoints',
                                        read_only=True)
   params = checkpointing.restore_subtree(
-      manager, step, checkpointing.DOC_TOWER_PATH,
+      manager, step, workspace.DOC_TOWER_PATH,
       checkpointing.abstract(nnx.to_pure_dict(state)))
   tower = nnx.merge(graphdef, params)
   corpus = corpus_lib.Corpus(workdir / 'corpus')

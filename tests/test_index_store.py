@@ -5,9 +5,9 @@ import time
 import numpy as np
 import pytest
 
-from realm_jax import index_handle
-from realm_jax import index_store
-from realm_jax import mips
+from realm_jax.retrieval import index_handle
+from realm_jax.retrieval import index_store
+from realm_jax.retrieval import mips
 
 DIM = 16
 

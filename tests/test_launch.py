@@ -102,7 +102,7 @@ def test_dry_run_compiles_for_both_slices_first(dry_run):
   _, cmds = dry_run
   compile_ = cmds[0]
   assert compile_[:3] == [str(REPO_ROOT / '.venv' / 'bin' / 'python'), '-m',
-                          'realm_jax.aot']
+                          'realm_jax.jobs.aot']
   assert option(compile_, '--platform') == 'tpu'
   assert option(compile_, '--config') == f'{REPO_ROOT}/configs/pretrain.py:large'
   assert option(compile_, '--builder_config') == (
@@ -313,7 +313,7 @@ def test_real_run_compiles_first_and_stops_if_it_does_not_fit(fake_cloud,
   python.write_text(FAKE_COMPILE)
   python.chmod(0o755)
   done, calls = run(env={} if fits else {'FAKE_DOES_NOT_FIT': '1'}, args=())
-  assert '-m realm_jax.aot --platform=tpu' in (fake / 'compiled').read_text()
+  assert '-m realm_jax.jobs.aot --platform=tpu' in (fake / 'compiled').read_text()
   if fits:
     assert done.returncode == 0, done.stderr
     assert len(calls) == 11

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from realm_jax import mips
+from realm_jax.retrieval import mips
 
 
 def _vectors(n, dim, seed, unit=False):

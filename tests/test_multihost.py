@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from conftest import CONFIGS, REPO_ROOT
-from realm_jax import index_store
-from realm_jax import mips
+from realm_jax.retrieval import index_store
+from realm_jax.retrieval import mips
 
 DEVICES = 8
 TRAINER_FLAGS = [
@@ -81,7 +81,7 @@ def _wait(processes, workdir, name):
 def _pretrain(workdir, num_processes, steps, build_first_index):
   """One realm-pretrain invocation; builds the step-0 index when asked."""
   name = f'pretrain{steps}'
-  trainers = _start('realm_jax.pretrain', [
+  trainers = _start('realm_jax.jobs.pretrain', [
       f'--config={CONFIGS}/pretrain.py:tiny', *TRAINER_FLAGS,
       f'--config.num_train_steps={steps}'], workdir, num_processes, name)
   if build_first_index:

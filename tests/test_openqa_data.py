@@ -6,7 +6,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from realm_jax import answers
-from realm_jax import openqa_data
+from realm_jax.inputs import questions
 
 pytestmark = pytest.mark.shared_data
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.shared_data
     ('squad_open/dev.jsonl', 875, False),
 ])
 def test_real_files_load_with_their_counts(shared_data, path, count, regex):
-  examples = openqa_data.load(str(shared_data / path), regex_answers=regex)
+  examples = questions.load(str(shared_data / path), regex_answers=regex)
   assert len(examples) == count
   for example in examples:
     assert example['question'] and example['answer']
@@ -39,12 +39,12 @@ def test_curated_trec_train_has_one_broken_regex(shared_data):
   # rejects: the loader says where, rather than training on it.
   with pytest.raises(ValueError, match=r'curatedtrec/train\.jsonl:635: '
                      r'answer .* bad escape'):
-    openqa_data.load(str(shared_data / 'curatedtrec/train.jsonl'),
+    questions.load(str(shared_data / 'curatedtrec/train.jsonl'),
                      regex_answers=True)
 
 
 def test_curated_trec_regexes_score_as_orqa(shared_data):
-  examples = {e['question']: e['answer'] for e in openqa_data.load(
+  examples = {e['question']: e['answer'] for e in questions.load(
       str(shared_data / 'curatedtrec/dev.jsonl'), regex_answers=True)}
   lindbergh = examples['What site did Lindbergh begin his flight from in '
                        '1927?']
@@ -56,7 +56,7 @@ def test_curated_trec_regexes_score_as_orqa(shared_data):
 
 
 def test_squad_open_keeps_para_id(shared_data):
-  dev = openqa_data.load(str(shared_data / 'squad_open/dev.jsonl'))
+  dev = questions.load(str(shared_data / 'squad_open/dev.jsonl'))
   assert all('#' in e['para_id'] for e in dev)
   corpus = [json.loads(l) for l in (shared_data / 'squad_open/corpus.jsonl')
             .read_text().splitlines()]
@@ -77,16 +77,16 @@ def test_malformed_line_names_file_and_line(tmp_path, line, message):
   path = tmp_path / 'qa.jsonl'
   path.write_bytes(b'{"question": "ok?", "answer": ["yes"]}\n\n' + line)
   with pytest.raises(ValueError, match=rf'qa\.jsonl:3: {message}'):
-    openqa_data.load(str(path))
+    questions.load(str(path))
 
 
 def test_bad_regex_names_file_and_line(tmp_path):
   path = tmp_path / 'ct.jsonl'
   path.write_text('{"question": "q?", "answer": ["a|b"]}\n'
                   '{"question": "r?", "answer": ["(unclosed"]}\n')
-  assert len(openqa_data.load(str(path))) == 2  # plain strings: no check
+  assert len(questions.load(str(path))) == 2  # plain strings: no check
   with pytest.raises(ValueError, match=r'ct\.jsonl:2: answer'):
-    openqa_data.load(str(path), regex_answers=True)
+    questions.load(str(path), regex_answers=True)
 
 
 class TinyNqOpen(tfds.core.GeneratorBasedBuilder):
@@ -112,9 +112,9 @@ class TinyNqOpen(tfds.core.GeneratorBasedBuilder):
 def test_tfds_loader(tmp_path):
   TinyNqOpen(data_dir=tmp_path, file_format='array_record'
              ).download_and_prepare()
-  examples = openqa_data.load('tfds:tiny_nq_open:validation',
+  examples = questions.load('tfds:tiny_nq_open:validation',
                               tfds_data_dir=str(tmp_path))
   assert sorted((e['question'], tuple(e['answer'])) for e in examples) == [
       (f'question {i}?', (f'answer {i}', f'réponse {i}')) for i in range(4)]
   with pytest.raises(ValueError, match='tfds:NAME:SPLIT'):
-    openqa_data.load('tfds:tiny_nq_open')
+    questions.load('tfds:tiny_nq_open')

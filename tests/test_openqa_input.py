@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from realm_jax import corpus as corpus_lib
-from realm_jax import openqa_input
+from realm_jax.inputs import blocks as blocks_lib
+from realm_jax.inputs import openqa as openqa_input
 
 
 @pytest.fixture(scope='module')
@@ -26,7 +27,8 @@ def test_reader_inputs_are_cls_question_sep_body_sep(corpus):
   q = openqa_input.question_inputs(tok, ['where was she born?'], 16)
   question = q['query_ids'][0][q['query_mask'][0] == 1]
   ids = np.array([[0, 5, 7]])
-  reader = openqa_input.reader_inputs(corpus, q['query_ids'], ids, 64)
+  reader = blocks_lib.reader_inputs(corpus, q['query_ids'], q['query_mask'],
+                                    ids, 64)
   for j, block in enumerate(ids[0]):
     body = corpus.body_tokens(block)[:64 - len(question) - 1]
     tokens = reader['reader_ids'][0, j]
@@ -42,6 +44,31 @@ def test_reader_inputs_are_cls_question_sep_body_sep(corpus):
             == (np.arange(len(expected)) >= start)).all()
 
 
+def test_reader_inputs_of_the_null_document_and_a_long_query(corpus):
+  tok = corpus.tokenizer
+  q = openqa_input.question_inputs(tok, ['where was she born?', 'x ' * 40],
+                                   32)
+  ids = np.array([[blocks_lib.NULL_BLOCK, 4], [blocks_lib.NULL_BLOCK, 4]])
+  reader = blocks_lib.reader_inputs(corpus, q['query_ids'], q['query_mask'],
+                                    ids, 24)
+  question = q['query_ids'][0][q['query_mask'][0] == 1]
+  null = reader['reader_ids'][0, 0]
+  assert list(null[:len(question) + 1]) == [*question, tok.sep_id]
+  assert not null[len(question) + 1:].any()
+  assert reader['block_mask'][0, 0].sum() == 0
+  assert reader['body_len'][0, 0] == 0
+  # A query longer than the reader allows keeps its [SEP] and one body piece.
+  long = reader['reader_ids'][1, 1]
+  assert reader['reader_mask'][1, 1].all() and long[-1] == tok.sep_id
+  assert long[0] == tok.cls_id and long[21] == tok.sep_id
+  assert reader['body_len'][1, 1] == 1
+  retriever = blocks_lib.retriever_inputs(corpus, ids)
+  np.testing.assert_array_equal(
+      retriever['token_ids'][0, 0, :4], [tok.cls_id, tok.sep_id, tok.sep_id, 0])
+  np.testing.assert_array_equal(retriever['token_ids'][0, 1],
+                                corpus.blocks([4])['token_ids'][0])
+
+
 def test_gold_spans_are_the_answers_occurrences(corpus):
   block = 3
   record = corpus.records([block])[0]
@@ -50,7 +77,8 @@ def test_gold_spans_are_the_answers_occurrences(corpus):
   examples = [dict(question='q?', answer=[word, 'Zzyzx Qqq'])]
   q = openqa_input.question_inputs(corpus.tokenizer, ['q?'], 8)
   ids = np.array([[block, block + 1]])
-  reader = openqa_input.reader_inputs(corpus, q['query_ids'], ids, 300)
+  reader = blocks_lib.reader_inputs(corpus, q['query_ids'], q['query_mask'],
+                                    ids, 300)
   texts = [[r['text'] for r in corpus.records(ids[0])]]
   gold = openqa_input.gold_span_mask(corpus, examples, ids, texts, reader,
                                      max_span_width=10, regex_answers=False)

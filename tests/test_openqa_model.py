@@ -1,16 +1,21 @@
 """Open-QA losses and span decoding against numpy written from the formulas."""
+import functools
 import importlib.util
 
 from flax import nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import CONFIGS
 from realm_jax import config_lib
-from realm_jax import finetune
+from realm_jax.jobs import finetune
 from realm_jax import models
-from realm_jax import openqa_model
+from realm_jax import optim
+from realm_jax import trainer
+from realm_jax.objectives import openqa as openqa_objective
 
 B, N, K, L, W, Q = 2, 6, 3, 12, 3, 7
 
@@ -90,10 +95,10 @@ def test_marginal_log_loss_matches_formula():
   correct[3] = True
   expected = [(_logsumexp(l) - _logsumexp(l[c])) if c.any() else 0.0
               for l, c in zip(logits, correct)]
-  got = openqa_model.marginal_log_loss(logits, correct)
+  got = openqa_objective.marginal_log_loss(logits, correct)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
   assert got[3] == pytest.approx(0.0, abs=1e-5)  # everything correct
-  grads = jax.grad(lambda x: openqa_model.marginal_log_loss(
+  grads = jax.grad(lambda x: openqa_objective.marginal_log_loss(
       x, correct).sum())(logits)
   assert np.isfinite(grads).all() and not grads[2].any()
 
@@ -103,10 +108,10 @@ def test_openqa_loss_matches_numpy(model_and_batch):
   graphdef, params = nnx.split(model)
   params = nnx.to_pure_dict(params)
   retrieval, joint, expected = _reference(model, batch)
-  got_retrieval, got_joint = openqa_model.scores(model, batch)
+  got_retrieval, got_joint = openqa_objective.scores(model, batch)
   np.testing.assert_allclose(got_retrieval, retrieval, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(got_joint, joint, rtol=1e-4, atol=1e-3)
-  loss, metrics = openqa_model.openqa_loss(params, batch, None, graphdef)
+  loss, metrics = openqa_objective.loss(params, batch, None, graphdef)
   np.testing.assert_allclose(loss, expected, rtol=1e-4)
   assert metrics['reader_oracle'] == 0.5  # question 1 has no gold span
   assert metrics['top_k_match'] == 0.5 and metrics['top_n_match'] == 0.5
@@ -115,7 +120,7 @@ def test_openqa_loss_matches_numpy(model_and_batch):
 def test_best_spans_decode_the_argmax(model_and_batch):
   model, batch = model_and_batch
   _, joint, _ = _reference(model, batch)
-  best = openqa_model.best_spans(model, batch)
+  best = openqa_objective.best_spans(model, batch)
   for b in range(B):
     block, start, width = np.unravel_index(joint[b].argmax(), joint[b].shape)
     assert (best['block'][b], best['start'][b], best['end'][b]) == (
@@ -140,24 +145,41 @@ def test_only_the_question_tower_and_reader_learn(model_and_batch):
   model, batch = model_and_batch
   graphdef, params = nnx.split(model)
   params = nnx.to_pure_dict(params)
-  grads = jax.jit(jax.grad(lambda p: openqa_model.openqa_loss(
+  grads = jax.jit(jax.grad(lambda p: openqa_objective.loss(
       p, batch, jax.random.PRNGKey(0), graphdef)[0]))(params)
   norm = lambda tree: float(sum(np.abs(x).sum() for x in jax.tree.leaves(tree)))
   assert norm(grads['retriever']['doc_tower']) == 0.0
   assert norm(grads['retriever']['query_tower']) > 0.0
   assert norm(grads['reader']['span_head']) > 0.0
 
-  tx = finetune.make_optimizer(_finetune_config())
-  state = tx.init(params)
-  update = jax.jit(tx.update)
-  for _ in range(3):  # past warmup's zero first rate; weight decay is on
-    updates, state = update(grads, state, params)
-    new = jax.tree.map(lambda p, u: p + u, params, updates)
+  # Three steps past warmup's zero first rate, weight decay on: the frozen
+  # document tower neither changes nor has optimizer moments.
+  new, opt_state = _train_steps(params, batch, graphdef, openqa_objective.loss,
+                                closed_book=False)
   assert jax.tree.all(jax.tree.map(np.array_equal, new['retriever']['doc_tower'],
                                    params['retriever']['doc_tower']))
   assert not np.array_equal(
       new['retriever']['query_tower']['encoder']['pooler']['kernel'],
       params['retriever']['query_tower']['encoder']['pooler']['kernel'])
+  moments = optax.tree_utils.tree_get(opt_state, 'mu')
+  assert 'doc_tower' not in moments['retriever']
+  assert 'query_tower' in moments['retriever'] and 'reader' in moments
+  assert sum(x.size for x in jax.tree.leaves(opt_state)) < 2 * sum(
+      x.size for x in jax.tree.leaves(params))
+
+
+def _train_steps(params, batch, graphdef, loss_fn, closed_book, steps=3):
+  """`steps` trainer steps of realm-finetune's optimizer and frozen set."""
+  config = _finetune_config(closed_book=closed_book)
+  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  frozen = lambda path: finetune.frozen(path, closed_book)
+  state = dict(step=jnp.int32(0), params=params,
+               opt_state=tx.init(trainer.partition(params, frozen)[0]))
+  step = jax.jit(functools.partial(trainer.train_step, graphdef=graphdef,
+                                   tx=tx, loss_fn=loss_fn, frozen=frozen))
+  for _ in range(steps):
+    state, _ = step(state, batch, jax.random.PRNGKey(0))
+  return state['params'], state['opt_state']
 
 
 def test_closed_book_loss_matches_numpy(model_and_batch):
@@ -182,12 +204,15 @@ def test_closed_book_loss_matches_numpy(model_and_batch):
   picked = np.take_along_axis(log_probs, batch['answer_targets'][..., None],
                               -1)[..., 0]
   expected = -(picked * batch['answer_weights']).sum() / 5
-  loss, _ = openqa_model.closed_book_loss(params, batch, None, graphdef)
+  loss, _ = openqa_objective.closed_book_loss(params, batch, None, graphdef)
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
-  grads = jax.jit(jax.grad(lambda p: openqa_model.closed_book_loss(
+  grads = jax.jit(jax.grad(lambda p: openqa_objective.closed_book_loss(
       p, batch, None, graphdef)[0]))(params)
   assert not any(np.any(g) for g in jax.tree.leaves(grads['retriever']))
-  tx = finetune.make_optimizer(_finetune_config(closed_book=True))
-  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
-  assert not any(np.any(u) for u in jax.tree.leaves(updates['retriever']))
+  new, _ = _train_steps(params, batch, graphdef,
+                        openqa_objective.closed_book_loss, closed_book=True)
+  assert jax.tree.all(jax.tree.map(np.array_equal, new['retriever'],
+                                   params['retriever']))
+  assert not np.array_equal(new['reader']['mlm_head']['output_bias'],
+                            params['reader']['mlm_head']['output_bias'])

@@ -11,7 +11,7 @@ import pytest
 from conftest import CONFIGS, REPO_ROOT
 from realm_jax import config_lib
 from realm_jax import corpus
-from realm_jax import prepare_corpus as prepare
+from realm_jax.jobs import prepare_corpus as prepare
 CLI = pathlib.Path(sys.executable).parent / 'realm-prepare-corpus'
 
 

@@ -15,7 +15,11 @@ from conftest import CONFIGS
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
 from realm_jax import models
-from realm_jax import pretrain
+from realm_jax.inputs import blocks as blocks_lib
+from realm_jax.inputs import pretrain as pretrain_input
+from realm_jax.jobs import pretrain
+from realm_jax.objectives import realm as realm_objective
+from realm_jax.retrieval import workspace
 
 B, K, Q, L, J, M, V = 2, 3, 8, 12, 16, 3, 50
 
@@ -35,8 +39,8 @@ def _batch(seed=0):
   batch = dict(
       query_ids=ints(B, Q), query_mask=ones(B, Q),
       candidate_ids=ints(B, K, L), candidate_segments=ones(B, K, L),
-      candidate_mask=ones(B, K, L), joint_ids=ints(B, K, J),
-      joint_segments=ones(B, K, J), joint_mask=ones(B, K, J),
+      candidate_mask=ones(B, K, L), reader_ids=ints(B, K, J),
+      reader_segments=ones(B, K, J), reader_mask=ones(B, K, J),
       mlm_positions=rng.integers(1, Q, (B, M)).astype(np.int32),
       mlm_targets=ints(B, M),
       mlm_weights=np.array([[1, 1, 0], [1, 1, 1]], np.float32))
@@ -60,7 +64,7 @@ def _log_softmax(x, axis=-1):
 def test_marginal_loss_matches_numpy(model_and_params):
   model, graphdef, params = model_and_params
   batch = _batch()
-  loss, metrics = pretrain.realm_loss(params, batch, None, graphdef)
+  loss, metrics = realm_objective.loss(params, batch, None, graphdef)
 
   # The formula written out in float64 from the model's raw outputs.
   f64 = lambda x: np.asarray(x, np.float64)
@@ -72,9 +76,9 @@ def test_marginal_loss_matches_numpy(model_and_params):
       batch['candidate_segments'].reshape(B * K, L),
       batch['candidate_mask'].reshape(B * K, L))).reshape(B, K, -1)
   log_p_z = _log_softmax(np.einsum('bd,bkd->bk', q, docs))
-  sequence = model.reader(batch['joint_ids'].reshape(B * K, J),
-                          batch['joint_segments'].reshape(B * K, J),
-                          batch['joint_mask'].reshape(B * K, J))
+  sequence = model.reader(batch['reader_ids'].reshape(B * K, J),
+                          batch['reader_segments'].reshape(B * K, J),
+                          batch['reader_mask'].reshape(B * K, J))
   logits = f64(model.reader.mlm_logits(
       sequence, np.repeat(batch['mlm_positions'], K, axis=0))).reshape(
           B, K, M, V)
@@ -99,7 +103,7 @@ def test_marginal_loss_matches_numpy(model_and_params):
 def test_gradients_reach_retriever_and_reader(model_and_params):
   _, graphdef, params = model_and_params
   batch = _batch(1)
-  loss_fn = lambda p: pretrain.realm_loss(p, batch, None, graphdef)[0]
+  loss_fn = lambda p: realm_objective.loss(p, batch, None, graphdef)[0]
   grads = jax.grad(loss_fn)(params)
   tower = grads['retriever']['doc_tower']
   assert float(jnp.abs(tower['projection']['kernel']).sum()) > 0
@@ -136,7 +140,7 @@ def test_gradients_reach_retriever_and_reader(model_and_params):
 
 def test_null_document_is_cls_sep_sep():
   tokenizer = type('T', (), dict(cls_id=2, sep_id=3))()
-  null = pretrain.null_document(tokenizer, 6)
+  null = blocks_lib.null_document(tokenizer, 6)
   np.testing.assert_array_equal(null['token_ids'], [2, 3, 3, 0, 0, 0])
   np.testing.assert_array_equal(null['segment_ids'], [0, 0, 1, 0, 0, 0])
   np.testing.assert_array_equal(null['input_mask'], [1, 1, 1, 0, 0, 0])
@@ -145,14 +149,14 @@ def test_null_document_is_cls_sep_sep():
 def test_trivial_retrieval_excluded_and_null_first():
   retrieved = np.array([[5, 9, 2, 7], [1, 4, 6, 8]])
   uid = lambda ids: ids * 100  # a block's uid64
-  chosen = pretrain.choose_candidates(retrieved, uid(retrieved),
-                                      source_uid64=uid(np.array([9, 3])),
-                                      num_candidates=4)
+  chosen = pretrain_input.choose_candidates(retrieved, uid(retrieved),
+                                            source_uid64=uid(np.array([9, 3])),
+                                            num_candidates=4)
   # Row 0: its own block 9 is dropped; row 1: source 3 was not retrieved.
   np.testing.assert_array_equal(chosen, [[-1, 5, 2, 7], [-1, 1, 4, 6]])
   with pytest.raises(ValueError, match='usable blocks'):
-    pretrain.choose_candidates(retrieved[:, :3], uid(retrieved[:, :3]),
-                               uid(np.array([9, 3])), num_candidates=4)
+    pretrain_input.choose_candidates(retrieved[:, :3], uid(retrieved[:, :3]),
+                                     uid(np.array([9, 3])), num_candidates=4)
 
 
 def test_candidate_inputs(tiny_corpus_workdir):
@@ -163,23 +167,23 @@ def test_candidate_inputs(tiny_corpus_workdir):
   query = dict(query_ids=query_ids,
                query_mask=(query_ids != 0).astype(np.int32))
   chosen = np.array([[-1, 4, 0]])
-  inputs = pretrain.candidate_inputs(corpus, query, chosen, joint_len=40)
+  inputs = pretrain_input.candidate_inputs(corpus, query, chosen, reader_len=40)
   blocks = corpus.blocks([4, 0])
   np.testing.assert_array_equal(inputs['candidate_ids'][0, 1:],
                                 blocks['token_ids'])
   assert list(inputs['candidate_ids'][0, 0, :4]) == [tok.cls_id, tok.sep_id,
                                                      tok.sep_id, 0]
   # Reader: [CLS] query [SEP] body [SEP], title dropped, body cut to fit.
-  null_row = inputs['joint_ids'][0, 0]
+  null_row = inputs['reader_ids'][0, 0]
   assert list(null_row[:7]) == [tok.cls_id, 11, tok.mask_id, 12, tok.sep_id,
                                 tok.sep_id, 0]
   body = corpus.body_tokens(4)[:40 - 5 - 1]
-  row = inputs['joint_ids'][0, 1]
+  row = inputs['reader_ids'][0, 1]
   np.testing.assert_array_equal(row[5:5 + len(body)], body)
   assert row[5 + len(body)] == tok.sep_id
-  assert inputs['joint_mask'][0, 1].sum() == 5 + len(body) + 1
-  np.testing.assert_array_equal(inputs['joint_segments'][0, 1, :5], 0)
-  assert inputs['joint_segments'][0, 1, 5:6 + len(body)].all()
+  assert inputs['reader_mask'][0, 1].sum() == 5 + len(body) + 1
+  np.testing.assert_array_equal(inputs['reader_segments'][0, 1, :5], 0)
+  assert inputs['reader_segments'][0, 1, 5:6 + len(body)].all()
 
 
 # --- Initialisation: BERT checkpoint first, then an ICT run's retriever ----
@@ -200,8 +204,8 @@ def bert_workdirs(tmp_path_factory):
   import string  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from realm_jax import ict  # pylint: disable=g-import-not-at-top
-  from realm_jax import prepare_corpus  # pylint: disable=g-import-not-at-top
+  from realm_jax.jobs import ict  # pylint: disable=g-import-not-at-top
+  from realm_jax.jobs import prepare_corpus  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp('bert_init')
   checkpoint = root / 'bert'
   chars = string.ascii_lowercase + string.digits + string.punctuation
@@ -293,7 +297,7 @@ def test_pretrain_inits_from_bert_then_from_ict(bert_workdirs, tmp_path):
       manager = checkpointing.make_manager(ict_workdir / 'checkpoints',
                                            read_only=True)
       ict_tower = checkpointing.restore_subtree(
-          manager, 3, checkpointing.DOC_TOWER_PATH,
+          manager, 3, workspace.DOC_TOWER_PATH,
           checkpointing.abstract(jax.tree.map(np.asarray, retriever)))
       jax.tree.map(np.testing.assert_array_equal, retriever, ict_tower)
       assert not np.allclose(

@@ -13,9 +13,9 @@ import pytest
 
 from conftest import CONFIGS, REPO_ROOT
 from realm_jax import checkpointing
-from realm_jax import ict
-from realm_jax import index_store
-from realm_jax import pretrain
+from realm_jax.jobs import ict
+from realm_jax.retrieval import index_store
+from realm_jax.jobs import pretrain
 from test_ict import _ict_config
 
 TINY_MODEL = dict(num_layers=1, hidden_size=32, num_heads=2,
@@ -128,7 +128,7 @@ def test_sigkilled_pretrain_resumes(ict_workdir, tmp_path):
            '--config.checkpoint.every_steps=5', '--config.log_every_steps=1',
            '--config.index.poll_seconds=0.2', '--config.num_train_steps=30',
            f'--config.init_from={ict_workdir}']
-  command = [sys.executable, '-m', 'realm_jax.pretrain', *flags]
+  command = [sys.executable, '-m', 'realm_jax.jobs.pretrain', *flags]
   builder = _start_builder(workdir)
   try:
     trainer = subprocess.Popen(command, cwd=REPO_ROOT, env=_env(),

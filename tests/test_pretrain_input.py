@@ -8,9 +8,9 @@ import pytest
 
 from realm_jax import corpus as corpus_lib
 from realm_jax import documents
-from realm_jax import prepare_corpus
-from realm_jax import pretrain_input
-from realm_jax import salient_spans
+from realm_jax.jobs import prepare_corpus
+from realm_jax.inputs import pretrain as pretrain_input
+from realm_jax.inputs import salient_spans
 
 QUERY_LEN, MAX_MASKS = 32, 10
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'

@@ -1,12 +1,12 @@
 """Zero-shot retrieval evaluation: recall@k, question loading, BM25."""
-import json
 
 import numpy as np
-import pytest
 
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
-from realm_jax import retrieval_eval
+from realm_jax.inputs import openqa as openqa_input
+from realm_jax.inputs import questions as questions_lib
+import retrieval_eval  # bench/retrieval_eval.py
 
 
 class _Corpus:
@@ -31,18 +31,11 @@ def test_recall_at_k_by_paragraph_and_by_answer():
       'recall@1': 0.0, 'recall@2': 1 / 3, 'recall@3': 1.0}
 
 
-def test_read_questions_names_file_and_line(tmp_path):
-  path = tmp_path / 'q.jsonl'
-  path.write_text(json.dumps(dict(question='who?')) + '\n{"answer": []}\n')
-  with pytest.raises(ValueError, match=r'q.jsonl:2: .*question'):
-    retrieval_eval.read_questions(path)
-
-
 def test_squad_dev_bm25_beats_an_untrained_retriever(shared_data,
                                                      squad_corpus_workdir):
   corpus = corpus_lib.Corpus(squad_corpus_workdir / 'corpus')
-  questions = retrieval_eval.read_questions(
-      shared_data / 'squad_open' / 'dev.jsonl')
+  questions = questions_lib.load(str(shared_data / 'squad_open' /
+                                     'dev.jsonl'))
   assert len(questions) == 875
   questions = questions[:300]
   texts = [q['question'] for q in questions]
@@ -76,12 +69,12 @@ def test_dense_vectors_equal_the_towers_on_padded_inputs(tiny_corpus_workdir):
                                   inputs['input_mask'])
   assert blocks.shape == (len(corpus), 32)
   np.testing.assert_allclose(blocks, direct, rtol=1e-4, atol=1e-5)
-  question = retrieval_eval.question_inputs(corpus.tokenizer, texts, 32)
+  question = openqa_input.question_inputs(corpus.tokenizer, texts, 32)
   tokenizer = corpus.tokenizer
-  np.testing.assert_array_equal(question['input_mask'].sum(1),
+  np.testing.assert_array_equal(question['query_mask'].sum(1),
                                 [len(tokenizer.encode(t)) + 2 for t in texts])
-  assert (question['token_ids'][question['input_mask'] == 0]
+  assert (question['query_ids'][question['query_mask'] == 0]
           == tokenizer.pad_id).all()
   np.testing.assert_allclose(queries, retriever.embed_queries(
-      question['token_ids'], question['segment_ids'],
-      question['input_mask']), rtol=1e-4, atol=1e-5)
+      question['query_ids'], np.zeros_like(question['query_ids']),
+      question['query_mask']), rtol=1e-4, atol=1e-5)

@@ -4,7 +4,7 @@ import types
 
 import pytest
 
-from realm_jax import salient_spans
+from realm_jax.inputs import salient_spans
 
 
 def _texts(annotator, text):

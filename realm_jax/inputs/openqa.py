@@ -1,10 +1,9 @@
 """Host-side inputs of Open-QA fine-tuning and prediction (ORQA's layout).
 
 Retriever: `[CLS] question [SEP]`. Reader: `[CLS] question [SEP] body [SEP]`
-over each of the top blocks (the body without its title, as
-orqa_ops.cc ReaderInputs), truncated to `reader_len`, with a mask of the
-body's positions (where spans may lie) and, for training, a mask of the
-gold spans: every occurrence of an answer's word pieces in the body.
+over each of the top blocks (blocks.reader_inputs), and, for training, a
+mask of the gold spans: every occurrence of an answer's word pieces in the
+body. Closed book: `[CLS] question [SEP] [MASK]... [SEP]`.
 """
 from collections.abc import Sequence
 
@@ -13,19 +12,17 @@ import numpy as np
 from realm_jax import answers as answers_lib
 from realm_jax import corpus as corpus_lib
 
-# What the reader's jitted functions read of `reader_inputs`.
-READER_KEYS = ('reader_ids', 'reader_segments', 'reader_mask', 'block_mask')
-
 
 def question_inputs(tokenizer, questions: Sequence[str],
                     query_len: int) -> dict[str, np.ndarray]:
-  """Retriever inputs: [CLS] question [SEP], truncated to query_len."""
-  ids = np.zeros((len(questions), query_len), np.int32)
+  """Retriever inputs: [CLS] question [SEP], truncated to query_len and
+  padded with [PAD]."""
+  ids = np.full((len(questions), query_len), tokenizer.pad_id, np.int32)
+  mask = np.zeros_like(ids)
   for row, pieces in enumerate(tokenizer.encode_batch(list(questions))):
     tokens = [tokenizer.cls_id, *pieces[:query_len - 2], tokenizer.sep_id]
     ids[row, :len(tokens)] = tokens
-  mask = np.zeros_like(ids)
-  mask[ids != tokenizer.pad_id] = 1
+    mask[row, :len(tokens)] = 1
   return dict(query_ids=ids, query_mask=mask)
 
 
@@ -39,46 +36,6 @@ def answer_strings(example: dict, text: str, regex_answers: bool
   for pattern in answers_lib.compile_regexes(example['answer'], 'answer'):
     found.update(m.group(0) for m in pattern.finditer(text) if m.group(0))
   return sorted(found)
-
-
-def reader_inputs(corpus: corpus_lib.Corpus, question_ids: np.ndarray,
-                  block_ids: np.ndarray, reader_len: int
-                  ) -> dict[str, np.ndarray]:
-  """[B, K, reader_len] reader inputs of the blocks `block_ids` [B, K].
-
-  `question_ids` are the retriever's [CLS] q [SEP] rows (padded with 0s).
-  Also returns `body_start` [B, K] and `body_len` [B, K] (after
-  truncation): body piece i sits at position body_start + i.
-  """
-  b, k = block_ids.shape
-  blocks = corpus.blocks(block_ids.reshape(-1))
-  shape = (b, k, reader_len)
-  token_ids = np.zeros(shape, np.int32)
-  segment_ids = np.zeros(shape, np.int32)
-  reader_mask = np.zeros(shape, np.int32)
-  block_mask = np.zeros(shape, np.int32)
-  body_start = np.zeros((b, k), np.int32)
-  body_len = np.zeros((b, k), np.int32)
-  sep = corpus.tokenizer.sep_id
-  for i in range(b):
-    question = question_ids[i][question_ids[i] != corpus.tokenizer.pad_id]
-    # [CLS] q [SEP], leaving room for one body piece and the final [SEP].
-    question = np.concatenate([question[:-1][:reader_len - 3], [sep]])
-    for j in range(k):
-      row = i * k + j
-      start = blocks['title_len'][row] + 2
-      body = blocks['token_ids'][row, start:start + blocks['body_len'][row]]
-      body = body[:reader_len - len(question) - 1]
-      tokens = np.concatenate([question, body, [sep]])
-      token_ids[i, j, :len(tokens)] = tokens
-      segment_ids[i, j, len(question):len(tokens)] = 1
-      reader_mask[i, j, :len(tokens)] = 1
-      block_mask[i, j, len(question):len(question) + len(body)] = 1
-      body_start[i, j], body_len[i, j] = len(question), len(body)
-  return dict(reader_ids=token_ids, reader_segments=segment_ids,
-              reader_mask=reader_mask,
-              block_mask=block_mask, body_start=body_start,
-              body_len=body_len)
 
 
 def gold_span_mask(corpus: corpus_lib.Corpus, examples: Sequence[dict],

@@ -1,16 +1,13 @@
-"""`realm-evaluate`: exact match and retrieval recall of a fine-tuned run.
-
-  realm-evaluate --config=configs/evaluate.py:squad_open --workdir=FT_WORKDIR
-  realm-evaluate --config=configs/evaluate.py:curated_trec --workdir=W \
-    --config.data=/path/curatedtrec/test.jsonl
+"""Answers from a fine-tuned run, and their exact match and recall.
 
 Prediction, per question (orqa_model.get_predictions): retrieve the top
 blocks with the fine-tuned question tower from the fixed index, read the top
 `reader_beam_size`, take the argmax over (block, span) of the joint logit
-and map its word pieces back to the block's original text. Reports exact
-match (SQuAD normalisation; CuratedTrec: regex), recall@k of a block holding
-an answer and, when the data names gold paragraphs (`para_id`), of the gold
-paragraph; writes one JSON line per question with the top blocks.
+and map its word pieces back to the block's original text. `Predictor` is
+what realm-evaluate, realm-answer and realm-finetune's final evaluation
+use; `evaluate_workdir` scores it: exact match (SQuAD normalisation;
+CuratedTrec: regex), recall@k of a block holding an answer and, when the
+data names gold paragraphs (`para_id`), of the gold paragraph.
 """
 import json
 
@@ -19,38 +16,23 @@ from etils import epath
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import tqdm
 
 from realm_jax import answers
 from realm_jax import checkpointing
-from realm_jax import cli
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
-from realm_jax import embedding
-from realm_jax import index_store
-from realm_jax import mips
 from realm_jax import models
-from realm_jax import openqa_data
-from realm_jax import openqa_input
-from realm_jax import openqa_model
 from realm_jax import sharding
-
-
-def read_workdir_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
-  path = epath.Path(workdir) / 'config.json'
-  if not path.exists():
-    raise config_lib.ConfigError(f'{path} not found: not a realm_jax workdir')
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def finetune_model_config(model: ml_collections.ConfigDict
-                          ) -> ml_collections.ConfigDict:
-  """Fine-tuning trains the question tower apart from the frozen doc tower."""
-  model = ml_collections.ConfigDict(model.to_dict())
-  model.share_towers = False
-  return model
+from realm_jax.inputs import blocks as blocks_lib
+from realm_jax.inputs import openqa as openqa_input
+from realm_jax.inputs import questions as questions_lib
+from realm_jax.objectives import openqa as openqa_objective
+from realm_jax.retrieval import embedding
+from realm_jax.retrieval import index_store
+from realm_jax.retrieval import mips
+from realm_jax.retrieval import workspace
 
 
 def load_index(path: epath.PathLike) -> mips.MipsIndex:
@@ -73,7 +55,7 @@ class Predictor:
                corpus: str = '', batch_size: int = 8,
                reader_beam_size: int | None = None):
     workdir = epath.Path(workdir)
-    self.config = read_workdir_config(workdir)
+    self.config = workspace.read_config(workdir)
     self.closed_book = self.config.closed_book
     self.corpus = corpus_lib.Corpus(corpus or self.config.corpus_dir)
     if corpus:
@@ -91,7 +73,7 @@ class Predictor:
     self.batch_size = -(-batch_size // len(devices)) * len(devices)
     mesh = sharding.make_mesh(config_lib.mesh_config(), devices)
     graphdef, abstract = sharding.abstract_model(
-        lambda: models.REALM(finetune_model_config(self.config.model),
+        lambda: models.REALM(models.with_separate_towers(self.config.model),
                              rngs=nnx.Rngs(0)), mesh,
         self.config.axis_rules)
     manager = checkpointing.make_manager(workdir / 'checkpoints',
@@ -102,15 +84,14 @@ class Predictor:
     self.params = checkpointing.restore_subtree(manager, self.step,
                                                 ('params',), abstract)
     logging.info('Loaded %s step %d', workdir, self.step)
-    self._embed = jax.jit(lambda p, q: nnx.merge(graphdef, p).retriever
-                          .embed_queries(q['query_ids'],
-                                         jnp.zeros_like(q['query_ids']),
-                                         q['query_mask']))
-    self._read = jax.jit(lambda p, b: openqa_model.best_spans(
+    self._embed = embedding.jit_embed_queries(
+        graphdef, jax.tree.map(lambda x: x.sharding, abstract),
+        sharding.batch_sharding(mesh, self.config.axis_rules), mesh)
+    self._read = jax.jit(lambda p, b: openqa_objective.best_spans(
         nnx.merge(graphdef, p), b))
     # The model's vocabulary may be padded beyond the tokenizer's.
     self._closed_book = jax.jit(lambda p, b: jnp.argmax(
-        openqa_model.closed_book_logits(nnx.merge(graphdef, p), b)
+        openqa_objective.closed_book_logits(nnx.merge(graphdef, p), b)
         [..., :self.tokenizer.vocab_size], -1))
     self._mesh = mesh
     if self.closed_book:
@@ -128,7 +109,7 @@ class Predictor:
     """An in-memory index of another corpus, embedded with this run's
     (frozen) document tower; for a large corpus, run realm-index-builder
     and pass --index instead."""
-    model_config = finetune_model_config(self.config.model)
+    model_config = models.with_separate_towers(self.config.model)
     graphdef, _ = nnx.split(nnx.eval_shape(
         lambda: embedding.create_doc_tower(model_config)))
     embed_fn = embedding.make_embed_fn(graphdef, self._mesh,
@@ -179,10 +160,11 @@ class Predictor:
     ids, _ = self.index.search(vectors, k)
     ids = np.maximum(ids, 0)
     top = ids[:, :self.reader_beam_size]
-    reader = openqa_input.reader_inputs(self.corpus, query['query_ids'], top,
-                                        self.config.lengths.reader_len)
+    reader = blocks_lib.reader_inputs(self.corpus, query['query_ids'],
+                                      query['query_mask'], top,
+                                      self.config.lengths.reader_len)
     batch = dict(query, retrieved_vectors=self.index.vectors(top),
-                 **{key: reader[key] for key in openqa_input.READER_KEYS})
+                 **{key: reader[key] for key in blocks_lib.READER_KEYS})
     best = jax.device_get(self._read(self.params, batch))
     predictions = []
     for i in range(len(questions)):
@@ -251,7 +233,7 @@ def evaluate_workdir(workdir: epath.PathLike, data: str, *,
                      index: str = '', corpus: str = '',
                      ks=(1, 5, 20, 100)) -> dict[str, float]:
   """Evaluates a fine-tuned run on `data` (see openqa_data.load)."""
-  examples = openqa_data.load(data, regex_answers, tfds_data_dir)
+  examples = questions_lib.load(data, regex_answers, tfds_data_dir)
   predictor = Predictor(workdir, index=index, corpus=corpus,
                         batch_size=batch_size)
   metrics, records = evaluate_examples(predictor, examples, regex_answers,
@@ -264,26 +246,3 @@ def evaluate_workdir(workdir: epath.PathLike, data: str, *,
         json.dumps(dict(metrics, data=data, step=predictor.step), indent=2))
   logging.info('%s on %s: %s', workdir, data, metrics)
   return metrics
-
-
-def main(config: ml_collections.ConfigDict, workdir: str) -> None:
-  config_lib.check(config.data != '', 'data', 'name the questions (a .jsonl '
-                   'path or tfds:NAME:SPLIT)')
-  output = config.output or epath.Path(workdir) / 'eval' / (
-      epath.Path(config.data.split(':')[-1]).stem + '.jsonl')
-  metrics = evaluate_workdir(
-      workdir, config.data, regex_answers=config.regex_answers,
-      output=output, batch_size=config.batch_size,
-      tfds_data_dir=config.tfds_data_dir, index=config.index_dir,
-      corpus=config.corpus_dir, ks=tuple(config.recall_ks))
-  if jax.process_index() == 0:
-    print(json.dumps(metrics, indent=2))
-    print(f'predictions: {output}')
-
-
-def run():
-  cli.run_job(main)
-
-
-if __name__ == '__main__':
-  run()

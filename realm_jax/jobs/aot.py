@@ -7,10 +7,10 @@ Compiles, for the devices of a Cloud TPU topology that this machine does not
 have (libtpu from PyPI: `pip install -e '.[tpu]'`, as MaxText's
 train_compile.py does):
 
-- realm-pretrain's train step (realm_jax/pretrain.py train_step), with the
+- realm-pretrain's train step (trainer.train_step of objectives/realm.py), with the
   config's mesh over all of the trainer slice's chips, the real parameter,
   optimizer and batch shardings, and abstract inputs (ShapeDtypeStructs);
-- realm-index-builder's embed step (realm_jax/embedding.py), as each builder
+- realm-index-builder's embed step (retrieval/embedding.py), as each builder
   host runs it: over the chips of one host of the builder slice.
 
 and prints each program's memory per chip (compiled.memory_analysis())
@@ -37,13 +37,15 @@ from jax.experimental import topologies
 import ml_collections
 from ml_collections import config_flags
 
+from realm_jax import cli
 from realm_jax import config_lib
-from realm_jax import embedding
 from realm_jax import models
 from realm_jax import optim
-from realm_jax import pretrain
 from realm_jax import sharding
-from realm_jax import train_lib
+from realm_jax import trainer
+from realm_jax.inputs import pretrain as pretrain_input
+from realm_jax.objectives import realm as realm_objective
+from realm_jax.retrieval import embedding
 
 GIB = 1024**3
 # HBM per chip, GiB (cloud.google.com/tpu/docs/system-architecture-tpu-vm).
@@ -117,15 +119,17 @@ def first_host(devices: Sequence[jax.Device]) -> list[jax.Device]:
 def compile_train_step(config: ml_collections.ConfigDict,
                        devices: Sequence[jax.Device]) -> jax.stages.Compiled:
   """realm-pretrain's step, sharded as the trainer shards it."""
-  pretrain.validate(config, len(devices))
+  trainer.validate(config, len(devices))
+  pretrain_input.validate(config)
   mesh = sharding.make_mesh(config.mesh, devices)
   tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  graphdef, state, shardings = train_lib.abstract_train_state(
+  graphdef, state, shardings = trainer.abstract_train_state(
       lambda: models.REALM(config.model, rngs=nnx.Rngs(config.seed)), tx,
       mesh, config.axis_rules)
   batch_sharding = sharding.batch_sharding(mesh, config.axis_rules)
-  step = train_lib.jit_train_step(
-      functools.partial(pretrain.train_step, graphdef=graphdef, tx=tx),
+  step = trainer.jit_train_step(
+      functools.partial(trainer.train_step, graphdef=graphdef, tx=tx,
+                        loss_fn=realm_objective.loss),
       shardings, batch_sharding, mesh)
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32,
                              sharding=sharding.replicated(mesh))
@@ -135,23 +139,10 @@ def compile_train_step(config: ml_collections.ConfigDict,
 
 def pretrain_batch(config: ml_collections.ConfigDict,
                    batch_sharding) -> dict[str, jax.ShapeDtypeStruct]:
-  """The global batch realm-pretrain feeds its step: queries, K candidates
-  for the retriever and for the reader, masked-token targets."""
-  b, k, lengths = config.batch_size, config.num_candidates, config.lengths
-  shapes = dict(
-      query_ids=(b, lengths.query_len), query_mask=(b, lengths.query_len),
-      candidate_ids=(b, k, lengths.block_len),
-      candidate_segments=(b, k, lengths.block_len),
-      candidate_mask=(b, k, lengths.block_len),
-      joint_ids=(b, k, lengths.joint_len),
-      joint_segments=(b, k, lengths.joint_len),
-      joint_mask=(b, k, lengths.joint_len),
-      mlm_positions=(b, config.masking.max_masks),
-      mlm_targets=(b, config.masking.max_masks),
-      mlm_weights=(b, config.masking.max_masks))
-  return {name: jax.ShapeDtypeStruct(
-      shape, jnp.float32 if name == 'mlm_weights' else jnp.int32,
-      sharding=batch_sharding) for name, shape in shapes.items()}
+  """The global batch realm-pretrain feeds its step, as abstract arrays."""
+  return {name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+          for name, (shape, dtype) in pretrain_input.batch_shapes(
+              config).items()}
 
 
 def compile_embed_step(model_config: ml_collections.ConfigDict,
@@ -277,6 +268,7 @@ def compile_all(config, builder_config, topology: Topology,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.quiet_console()
   config = flags.FLAGS.config
   topology = parse_topology(flags.FLAGS.topology)
   builder_topology = parse_topology(flags.FLAGS.builder_topology or
@@ -316,6 +308,7 @@ def run():
                     'fake CPU devices of the same mesh; auto: tpu when '
                     'libtpu is installed.')
   flags.mark_flags_as_required(['config', 'topology'])
+  cli.define_console_flags()
   app.run(main)
 
 

@@ -20,6 +20,10 @@ The batches are a pure function of (seed, step), as in ict_input: example p'
 = step * B + p of the global batch is drawn with its own random generator
 seeded by (seed, p'), so a restarted run continues exactly, and each host
 builds only its own rows.
+
+The candidates of a query (`choose_candidates`, `candidate_inputs`): the
+null document, then the best retrieved blocks other than the query's own
+(trivial retrieval), featurized for the retriever and the reader.
 """
 import array
 import bisect
@@ -35,9 +39,11 @@ from typing import Any
 import numpy as np
 import tqdm
 
+from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
 from realm_jax import documents
-from realm_jax import salient_spans
+from realm_jax.inputs import blocks as blocks_lib
+from realm_jax.inputs import salient_spans
 
 FORMAT_VERSION = 1
 MANIFEST = 'manifest.json'
@@ -362,3 +368,66 @@ class PretrainInput:
                 mlm_positions=mlm_positions, mlm_targets=mlm_targets,
                 mlm_weights=mlm_weights, source_block=source_block,
                 source_uid64=self._corpus.uid64(source_block))
+
+
+def validate(config) -> None:
+  """The pre-training config's masking and candidate fields."""
+  config_lib.check(config.num_candidates >= 2, 'num_candidates',
+                   'needs the null document and at least one block')
+  config_lib.check(config.masking.kind in MASKINGS, 'masking.kind',
+                   f'{config.masking.kind!r} is not one of {MASKINGS}')
+  config_lib.check(1 <= config.masking.max_masks < config.lengths.query_len,
+                   'masking.max_masks', 'must be in [1, query_len)')
+
+
+def choose_candidates(retrieved: np.ndarray, retrieved_uid64: np.ndarray,
+                      source_uid64: np.ndarray, num_candidates: int
+                      ) -> np.ndarray:
+  """Block ids of the K - 1 best retrieved blocks that are not the query's
+  own block (trivial retrieval, compared by uid as REALM does); the null
+  document takes slot 0 (blocks.NULL_BLOCK)."""
+  chosen = np.full((len(retrieved), num_candidates), blocks_lib.NULL_BLOCK,
+                   np.int64)
+  for row, (ids, uids) in enumerate(zip(retrieved, retrieved_uid64)):
+    kept = ids[(uids != source_uid64[row]) & (ids >= 0)][:num_candidates - 1]
+    if len(kept) < num_candidates - 1:
+      raise ValueError(f'search returned {len(kept)} usable blocks; need '
+                       f'{num_candidates - 1} (is the corpus that small?)')
+    chosen[row, 1:] = kept
+  return chosen
+
+
+def candidate_inputs(corpus: corpus_lib.Corpus, query_batch: dict,
+                     chosen: np.ndarray, reader_len: int
+                     ) -> dict[str, np.ndarray]:
+  """Retriever inputs [B, K, L] (candidate_*) and reader inputs [B, K, J]
+  (reader_*, blocks.READER_KEYS but block_mask) of the candidates."""
+  retriever = blocks_lib.retriever_inputs(corpus, chosen)
+  reader = blocks_lib.reader_inputs(corpus, query_batch['query_ids'],
+                                    query_batch['query_mask'], chosen,
+                                    reader_len)
+  return dict(candidate_ids=retriever['token_ids'],
+              candidate_segments=retriever['segment_ids'],
+              candidate_mask=retriever['input_mask'],
+              reader_ids=reader['reader_ids'],
+              reader_segments=reader['reader_segments'],
+              reader_mask=reader['reader_mask'])
+
+
+def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """(shape, dtype) of each array of the global batch realm-pretrain feeds
+  its step: queries, K candidates for the retriever and for the reader,
+  masked-token targets."""
+  b, k, lengths = config.batch_size, config.num_candidates, config.lengths
+  m = config.masking.max_masks
+  shapes = dict(
+      query_ids=(b, lengths.query_len), query_mask=(b, lengths.query_len),
+      candidate_ids=(b, k, lengths.block_len),
+      candidate_segments=(b, k, lengths.block_len),
+      candidate_mask=(b, k, lengths.block_len),
+      reader_ids=(b, k, lengths.joint_len),
+      reader_segments=(b, k, lengths.joint_len),
+      reader_mask=(b, k, lengths.joint_len),
+      mlm_positions=(b, m), mlm_targets=(b, m), mlm_weights=(b, m))
+  return {name: (shape, np.float32 if name == 'mlm_weights' else np.int32)
+          for name, shape in shapes.items()}

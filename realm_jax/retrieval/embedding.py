@@ -1,4 +1,5 @@
-"""Embedding corpus blocks with the document tower (the index builder's step)."""
+"""Embedding blocks with the document tower (the index builder's step) and
+queries with the query tower (the trainers' and the predictor's search)."""
 from collections.abc import Callable, Iterator
 
 from flax import nnx
@@ -78,3 +79,18 @@ def embed_blocks(embed_fn, params, corpus: corpus_lib.Corpus, start: int,
   if in_flight is not None:
     collect(*in_flight)
   return np.concatenate(outputs)
+
+
+def jit_embed_queries(graphdef: nnx.GraphDef, param_shardings, batch_sharding,
+                      mesh) -> Callable[[dict, dict], jax.Array]:
+  """jit((model params, {query_ids, query_mask}) -> query vectors [B, D]).
+
+  The model is a models.REALM (or anything with a `retriever`); the batch
+  is split over the data axis and the vectors come back replicated, so
+  every host can search for its own rows.
+  """
+  return jax.jit(
+      lambda params, q: nnx.merge(graphdef, params).retriever.embed_queries(
+          q['query_ids'], jnp.zeros_like(q['query_ids']), q['query_mask']),
+      in_shardings=(param_shardings, batch_sharding),
+      out_shardings=sharding.replicated(mesh))

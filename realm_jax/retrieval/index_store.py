@@ -23,7 +23,7 @@ from absl import logging
 from etils import epath
 import numpy as np
 
-from realm_jax import mips
+from realm_jax.retrieval import mips
 
 POINTER = 'LATEST'
 MANIFEST = 'manifest.json'

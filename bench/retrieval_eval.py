@@ -1,12 +1,12 @@
 """Zero-shot retrieval quality: recall@k of a retriever over a corpus.
 
-A question counts as answered at k when one of its top-k blocks comes from
-its gold paragraph (the block's source document id equals the question's
-`para_id`, as in ../shared/data/squad_open) or, without para_id, contains
-one of its answer strings.
+Used by bench/ (squad_recall.py, bert_zero_shot.py) and tests/. A question
+counts as answered at k when one of its top-k blocks comes from its gold
+paragraph (the block's source document id equals the question's `para_id`,
+as in ../shared/data/squad_open) or, without para_id, contains one of its
+answer strings. Questions load with realm_jax.inputs.questions.load.
 """
 from collections.abc import Sequence
-import json
 
 from etils import epath
 from flax import nnx
@@ -18,35 +18,10 @@ from realm_jax import bert_import
 from realm_jax import checkpointing
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
-from realm_jax import mips
 from realm_jax import models
-
-
-def read_questions(path: epath.PathLike) -> list[dict]:
-  """JSON lines with at least "question"; errors name the file and line."""
-  questions = []
-  path = epath.Path(path)
-  for number, line in enumerate(path.read_text().splitlines(), start=1):
-    try:
-      record = json.loads(line)
-      if not isinstance(record.get('question'), str):
-        raise ValueError('no "question" string')
-    except ValueError as e:
-      raise ValueError(f'{path}:{number}: {e}') from e
-    questions.append(record)
-  return questions
-
-
-def question_inputs(tokenizer, questions: Sequence[str],
-                    query_len: int) -> dict[str, np.ndarray]:
-  """[CLS] question [SEP], truncated to query_len, padded with [PAD]."""
-  ids = np.full((len(questions), query_len), tokenizer.pad_id, np.int32)
-  mask = np.zeros_like(ids)
-  for row, pieces in enumerate(tokenizer.encode_batch(list(questions))):
-    tokens = [tokenizer.cls_id, *pieces[:query_len - 2], tokenizer.sep_id]
-    ids[row, :len(tokens)] = tokens
-    mask[row, :len(tokens)] = 1
-  return dict(token_ids=ids, segment_ids=np.zeros_like(ids), input_mask=mask)
+from realm_jax.inputs import openqa as openqa_input
+from realm_jax.retrieval import mips
+from realm_jax.retrieval import workspace
 
 
 def load_retriever(workdir: epath.PathLike | None,
@@ -57,8 +32,7 @@ def load_retriever(workdir: epath.PathLike | None,
   is None."""
   if workdir is not None:
     workdir = epath.Path(workdir)
-    model_config = ml_collections.ConfigDict(
-        json.loads((workdir / 'config.json').read_text())['model'])
+    model_config = workspace.read_config(workdir).model
   graphdef, state = nnx.split(models.Retriever(model_config,
                                                rngs=nnx.Rngs(seed)))
   if workdir is None:
@@ -124,9 +98,10 @@ def dense_vectors(retriever: models.Retriever, corpus: corpus_lib.Corpus,
   block_inputs = {key: blocks[key] for key in ('token_ids', 'segment_ids',
                                                'input_mask')}
   block_vectors = _embed(retriever.embed_blocks, block_inputs, batch_size)
-  query_vectors = _embed(
-      retriever.embed_queries,
-      question_inputs(corpus.tokenizer, questions, query_len), batch_size)
+  query = openqa_input.question_inputs(corpus.tokenizer, questions, query_len)
+  query_vectors = _embed(retriever.embed_queries, dict(
+      token_ids=query['query_ids'], segment_ids=np.zeros_like(
+          query['query_ids']), input_mask=query['query_mask']), batch_size)
   return block_vectors, query_vectors
 
 

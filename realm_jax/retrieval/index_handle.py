@@ -16,8 +16,8 @@ from absl import logging
 from etils import epath
 import numpy as np
 
-from realm_jax import index_store
-from realm_jax import mips
+from realm_jax.retrieval import index_store
+from realm_jax.retrieval import mips
 
 
 class IndexHandle:

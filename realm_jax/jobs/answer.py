@@ -16,7 +16,8 @@ import textwrap
 from absl import app
 from absl import flags
 
-from realm_jax import evaluate
+from realm_jax import cli
+from realm_jax import prediction
 
 def format_prediction(question: str, prediction: dict) -> str:
   lines = [f'Q: {question}', f'A: {prediction["answer"]}']
@@ -35,16 +36,17 @@ def main(argv):
   questions = argv[1:]
   if not questions:
     raise app.UsageError('give one or more questions as arguments')
+  cli.quiet_console()
   options = flags.FLAGS
-  predictor = evaluate.Predictor(options.workdir, index=options.index,
-                                 corpus=options.corpus,
-                                 reader_beam_size=options.top_k or None)
-  for question, prediction in zip(questions, predictor.predict(questions)):
+  predictor = prediction.Predictor(options.workdir, index=options.index,
+                                   corpus=options.corpus,
+                                   reader_beam_size=options.top_k or None)
+  for question, predicted in zip(questions, predictor.predict(questions)):
     if options.json:
-      prediction.pop('retrieved')
-      print(json.dumps(dict(question=question, **prediction)))
+      predicted.pop('retrieved')
+      print(json.dumps(dict(question=question, **predicted)))
     else:
-      print(format_prediction(question, prediction) + '\n')
+      print(format_prediction(question, predicted) + '\n')
 
 
 def run():
@@ -61,6 +63,7 @@ def run():
   flags.DEFINE_bool('json', False, 'One JSON object per question instead '
                     'of text.')
   flags.mark_flag_as_required('workdir')
+  cli.define_console_flags()
   app.run(main)
 
 

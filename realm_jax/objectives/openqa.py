@@ -1,4 +1,4 @@
-"""Open-QA scores and losses (orqa/models/orqa_model.py), and closed-book QA.
+"""ORQA's Open-QA objective (orqa/models/orqa_model.py), and closed-book QA.
 
 Retrieval logit of block z: <Embed_input(x), Embed_doc(z)>, with the block
 embeddings gathered from the fixed index, so only the question tower and
@@ -44,7 +44,7 @@ def scores(model, batch, rngs=None) -> tuple[jax.Array, jax.Array]:
   return retrieval, spans + retrieval[:, :k, None, None]
 
 
-def openqa_loss(params, batch, dropout_key, graphdef):
+def loss(params, batch, dropout_key, graphdef):
   """ORQA's loss, averaged over the questions of the batch, and metrics."""
   model = nnx.merge(graphdef, params)
   rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
@@ -53,11 +53,11 @@ def openqa_loss(params, batch, dropout_key, graphdef):
   has_answer, gold = batch['has_answer'], batch['gold_spans'].reshape(b, -1)
   retriever_loss = marginal_log_loss(retrieval, has_answer)
   reader_loss = marginal_log_loss(joint.reshape(b, -1), gold)
-  loss = (retriever_loss + reader_loss).mean()
+  total = (retriever_loss + reader_loss).mean()
   predicted = jnp.argmax(joint.reshape(b, -1), axis=-1)
   k = joint.shape[1]
-  return loss, dict(
-      loss=loss, retriever_loss=retriever_loss.mean(),
+  return total, dict(
+      loss=total, retriever_loss=retriever_loss.mean(),
       reader_loss=reader_loss.mean(),
       # ORQA's eval metrics, on the training batch: the predicted span is a
       # gold one; any gold span is read; a correct block is retrieved.

@@ -1,0 +1,74 @@
+"""`realm-ict`: Inverse Cloze Task warm start of the retriever towers.
+
+  realm-ict --config=configs/ict.py:tiny --workdir=WORKDIR
+
+Reads the blocks prepared in WORKDIR/corpus (realm-prepare-corpus), trains
+the query/document towers with in-batch negatives (objectives/ict.py),
+writes orbax checkpoints to WORKDIR/checkpoints (the index builder and
+realm-pretrain start from them) and TensorBoard metrics to WORKDIR/logs.
+Killed, it resumes from the latest checkpoint and the next unseen batch.
+
+With `config.init.bert_checkpoint` (a Hugging Face BERT directory) the
+towers start from that checkpoint (bert_import.init_from_bert) and take its
+sizes; the corpus must be tokenized with its vocab.txt.
+"""
+from etils import epath
+from flax import nnx
+import jax
+import ml_collections
+
+from realm_jax import bert_import
+from realm_jax import cli
+from realm_jax import config_lib
+from realm_jax import models
+from realm_jax import trainer as trainer_lib
+from realm_jax.inputs import ict as ict_input
+from realm_jax.objectives import ict as ict_objective
+
+
+class RetrieverModel(nnx.Module):
+  """The retriever alone, under the same names as in models.REALM."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.retriever = models.Retriever(config, rngs=rngs)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  trainer_lib.validate(config, num_devices)
+  config_lib.check(0.0 <= config.remove_sentence_rate <= 1.0,
+                   'remove_sentence_rate', 'must be in [0, 1]')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, float]:
+  """Trains ICT; returns the metrics of the last logged step."""
+  config = bert_import.apply_init_config(config)
+  validate(config, jax.device_count())
+  workdir = epath.Path(workdir)
+  corpus = trainer_lib.open_corpus(config, config.corpus_dir or
+                                   workdir / 'corpus')
+
+  trainer = trainer_lib.Trainer(
+      config, workdir, 'ict',
+      lambda: RetrieverModel(config.model, rngs=nnx.Rngs(config.seed)))
+  if trainer.fresh_start and config.init.bert_checkpoint:
+    trainer.params = bert_import.init_job_params(
+        trainer.params, trainer.shardings['params'], config)
+
+  inputs = ict_input.IctInput(
+      corpus, global_batch_size=config.batch_size,
+      query_len=config.lengths.query_len,
+      remove_sentence_rate=config.remove_sentence_rate, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  last = trainer.train(ict_objective.loss,
+                       lambda step, params: (inputs.batch(step), {}))
+  trainer.close()
+  return last
+
+
+def run():
+  cli.run_job(train_and_evaluate)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,146 @@
+"""`realm-pretrain`: REALM pre-training beside the asynchronous index builder.
+
+  realm-pretrain --config=configs/pretrain.py:tiny --workdir=WORKDIR
+
+Each step, on the host: embed the masked queries -> search the current
+index (the hot-swapped IndexHandle) -> drop the block the query came from
+(trivial retrieval) -> prepend the null document -> K candidates; then the
+jitted step re-embeds the candidates with the current parameters and
+maximises the marginal likelihood (objectives/realm.py), so the gradient
+reaches the retriever.
+
+Starts from a BERT checkpoint (`config.init.bert_checkpoint`: every encoder
+and, when it has one, the MLM head) and/or an ICT run (`config.init_from`:
+the retriever, replacing BERT's), saves step 0 so the index builder can
+embed the corpus with it, and waits for that first index.
+"""
+from absl import logging
+from etils import epath
+from flax import nnx
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from realm_jax import bert_import
+from realm_jax import checkpointing
+from realm_jax import cli
+from realm_jax import models
+from realm_jax import sharding
+from realm_jax import trainer as trainer_lib
+from realm_jax.inputs import pretrain as pretrain_input
+from realm_jax.objectives import realm as realm_objective
+from realm_jax.retrieval import embedding
+from realm_jax.retrieval import index_handle
+from realm_jax.retrieval import workspace
+
+# The retriever is copied as it is from the init_from run: its towers must
+# be laid out alike.
+_RETRIEVER_FIELDS = (*workspace.PARAMETER_FIELDS, 'share_towers')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  trainer_lib.validate(config, num_devices)
+  pretrain_input.validate(config)
+
+
+def retriever_from(init_from: str, config, abstract_params) -> dict:
+  """The retriever of another run's (e.g. ICT's) latest checkpoint."""
+  workspace.check_init_run(config.model, init_from, _RETRIEVER_FIELDS)
+  manager, step = checkpointing.latest(init_from, 'init_from')
+  retriever = checkpointing.restore_subtree(
+      manager, step, ('params', 'retriever'), abstract_params['retriever'])
+  logging.info('Retriever initialised from %s step %d', init_from, step)
+  return retriever
+
+
+def salient_examples(config, corpus, workdir: epath.Path) -> epath.Path:
+  """WORKDIR/examples: the salient spans of the corpus, found once (as
+  REALM did, offline) by process 0."""
+  examples = workdir / 'examples'
+  if config.masking.kind == 'salient' and not (
+      examples / pretrain_input.MANIFEST).exists():
+    if jax.process_index() == 0:
+      pretrain_input.prepare_examples(
+          corpus, examples, annotator=config.masking.annotator,
+          query_len=config.lengths.query_len,
+          max_masks=config.masking.max_masks)
+    multihost_utils.sync_global_devices('salient span examples')
+  return examples
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, float]:
+  """Pre-trains REALM; returns the metrics of the last logged step."""
+  config = bert_import.apply_init_config(config)
+  validate(config, jax.device_count())
+  workdir = epath.Path(workdir)
+  corpus = trainer_lib.open_corpus(config, config.corpus_dir or
+                                   workdir / 'corpus')
+
+  trainer = trainer_lib.Trainer(
+      config, workdir, 'pretrain',
+      lambda: models.REALM(config.model, rngs=nnx.Rngs(config.seed)))
+  if trainer.fresh_start:  # BERT first, then ICT's retriever
+    if config.init.bert_checkpoint:
+      trainer.params = bert_import.init_job_params(
+          trainer.params, trainer.shardings['params'], config)
+    if config.init_from:
+      trainer.params = dict(trainer.params, retriever=retriever_from(
+          config.init_from, config, checkpointing.abstract(trainer.params)))
+    trainer.save()  # step 0: the index builder's first document tower
+
+  examples = salient_examples(config, corpus, workdir)
+  inputs = pretrain_input.PretrainInput(
+      corpus, examples if examples.exists() else None,
+      masking=config.masking.kind, global_batch_size=config.batch_size,
+      query_len=config.lengths.query_len,
+      max_masks=config.masking.max_masks, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      random_mask_rate=config.masking.random_mask_rate)
+  embed_queries = embedding.jit_embed_queries(
+      trainer.graphdef, trainer.shardings['params'], trainer.batch_sharding,
+      trainer.mesh)
+  handle = index_handle.IndexHandle(
+      workdir / 'index', poll_seconds=config.index.poll_seconds).start()
+  logging.info('Waiting for an index in %s (start realm-index-builder with '
+               'this workdir)', workdir / 'index')
+  handle.wait_until_ready(config.index.wait_seconds)
+  first_row = jax.process_index() * (config.batch_size // jax.process_count())
+  versions_used = set()
+
+  def host_batch(step, params):
+    handle.maybe_swap()  # between steps: never mid-step
+    versions_used.add(handle.checkpoint_step)
+    host = inputs.batch(step)
+    queries = {k: host[k] for k in ('query_ids', 'query_mask')}
+    vectors = np.asarray(embed_queries(
+        params, sharding.global_batch(queries, trainer.batch_sharding)))
+    vectors = vectors[first_row:first_row + len(host['query_ids'])]
+    retrieved, _ = handle.search(vectors, config.num_candidates)
+    chosen = pretrain_input.choose_candidates(
+        retrieved, corpus.uid64(np.maximum(retrieved, 0)).reshape(
+            retrieved.shape), host['source_uid64'], config.num_candidates)
+    batch = dict(queries, **pretrain_input.candidate_inputs(
+        corpus, queries, chosen, config.lengths.joint_len), **{
+            k: host[k] for k in ('mlm_positions', 'mlm_targets',
+                                 'mlm_weights')})
+    return batch, dict(
+        index_step=handle.checkpoint_step,
+        index_staleness=step - handle.checkpoint_step,
+        source_recall=(retrieved == host['source_block'][:, None]).any(
+            1).mean(),
+        index_versions_used=len(versions_used))
+
+  last = trainer.train(realm_objective.loss, host_batch)
+  handle.close()
+  trainer.close()
+  return last
+
+
+def run():
+  cli.run_job(train_and_evaluate)
+
+
+if __name__ == '__main__':
+  run()
