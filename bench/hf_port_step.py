@@ -95,7 +95,7 @@ def make_batch(seed: int = 0) -> dict[str, np.ndarray]:
       query_ids=query_ids, query_mask=(query_ids != 0).astype(np.int32),
       candidate_ids=candidate_ids, candidate_segments=candidate_segments,
       candidate_mask=(candidate_ids != 0).astype(np.int32),
-      reader_ids=joint_ids, reader_segments=joint_segments,
+      candidate_valid=np.ones((B, K), np.int32), reader_ids=joint_ids, reader_segments=joint_segments,
       reader_mask=(joint_ids != 0).astype(np.int32),
       mlm_positions=mlm_positions, mlm_targets=mlm_targets,
       mlm_weights=np.ones((B, M), np.float32))

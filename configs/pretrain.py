@@ -31,6 +31,9 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
                                          else 30522)
   config.lengths = config_lib.lengths_config()
   config.num_candidates = 8
+  # Blocks searched beyond K - 1, so that dropping the query's own block
+  # and repeats still fills the K - 1 slots.
+  config.search_margin = 4
   config.masking = ml_collections.ConfigDict(dict(
       kind='salient',  # salient | random_tokens | random_spans (ablations)
       max_masks=10,

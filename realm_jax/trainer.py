@@ -1,10 +1,11 @@
 """The skeleton every trainer shares: resume -> init -> loop -> log -> save ->
 finish.
 
-    trainer = Trainer(config, workdir, 'ict', create_model)  # restores or
-                                                             # initialises
+    config = checked_config(config, validate)   # BERT sizes, validated
+    trainer = Trainer(config, workdir, 'ict', create_model)  # restores, or
+                                        # initialises (from BERT if asked)
     if trainer.fresh_start:
-      trainer.params = ...            # e.g. from BERT or another run
+      trainer.params = ...              # e.g. from another run
     last = trainer.train(objectives.ict.loss, host_batch)
     trainer.close()
 
@@ -121,13 +122,14 @@ def _check_saved_layout(manager: ocp.CheckpointManager, step: int,
   if theirs != ours:
     extra, missing = sorted(theirs - ours), sorted(ours - theirs)
     raise ValueError(
-        f'{manager.directory} step {step} holds a train state of another '
-        f'layout than this job builds: {len(extra)} arrays this job has no '
-        f'place for (e.g. {extra[:3]}), {len(missing)} it lacks (e.g. '
-        f'{missing[:3]}). Fine-tuning runs written before frozen '
-        'parameters stopped having optimizer moments hold moments of '
-        'params/retriever/doc_tower: resume them with the realm_jax that '
-        'wrote them, or start a new run from them (--config.init_from).')
+        f'{manager.directory} step {step} cannot resume: its train state has '
+        'another layout than this job builds (was it written by another '
+        'version? realm-finetune runs from before frozen parameters stopped '
+        'having optimizer state hold moments of params/retriever/doc_tower '
+        'and another optimizer chain: resume them with the realm_jax that '
+        'wrote them, or start a new run from them with --config.init_from). '
+        f'{len(extra)} saved arrays have no place here (e.g. {extra[:2]}), '
+        f'{len(missing)} are missing (e.g. {missing[:2]}).')
 
 
 def init_train_state(create_model: Callable[[], nnx.Module],
@@ -205,6 +207,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   checkpointing.validate(config.checkpoint)
 
 
+def checked_config(config: ml_collections.ConfigDict,
+                   validate_fn: Callable = validate
+                   ) -> ml_collections.ConfigDict:
+  """The job config with the model sizes of its BERT checkpoint (if any),
+  validated by the job's `validate_fn(config, num_devices)`."""
+  config = bert_import.apply_init_config(config)
+  validate_fn(config, jax.device_count())
+  return config
+
+
 def open_corpus(config: ml_collections.ConfigDict,
                 path: epath.PathLike) -> corpus_lib.Corpus:
   """The corpus, checked against the model's vocabulary (and the BERT
@@ -232,13 +244,17 @@ class Trainer:
   """One training job in its workdir: the state, and the loop over it.
 
   Creating it records the config (config.json), restores the latest
-  checkpoint or initialises the model; `fresh_start` tells which. The
-  optimizer is BERT's (optim.py) over the parameters `frozen` does not name.
+  checkpoint or initialises the model - from `config.init.bert_checkpoint`
+  when set (every BERT encoder, bert_import.init_from_bert); `fresh_start`
+  tells which. The optimizer is BERT's (optim.py) over the parameters
+  `frozen` does not name. `model_config` is the one `create_model` builds
+  (default config.model).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path,
                name: str, create_model: Callable[[], nnx.Module], *,
-               frozen: Frozen = None):
+               frozen: Frozen = None,
+               model_config: ml_collections.ConfigDict | None = None):
     self.config, self.workdir, self.name = config, workdir, name
     self.frozen = frozen
     workspace.start_job(workdir, config)
@@ -251,6 +267,10 @@ class Trainer:
         frozen)
     self.fresh_start = position is None
     self.start_step = 0 if position is None else position['next_step']
+    if self.fresh_start and config.init.bert_checkpoint:
+      self.params = bert_import.init_job_params(
+          self.params, self.shardings['params'], ml_collections.ConfigDict(
+              dict(model=model_config or config.model, init=config.init)))
     self.batch_sharding = sharding.batch_sharding(self.mesh, config.axis_rules)
     self.writer = metrics_lib.MetricWriter(workdir / 'logs' / name,
                                          config.num_train_steps)

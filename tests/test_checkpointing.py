@@ -109,3 +109,25 @@ def test_relative_checkpoint_directory(tmp_path, monkeypatch):
                      {'next_step': 1})
   manager.wait_until_finished()
   assert (tmp_path / 'relative' / 'checkpoints' / '1').is_dir()
+
+
+def test_frozen_parameters_have_no_optimizer_state(tmp_path):
+  """And a checkpoint with moments for them (an older layout) is refused
+  with a message saying what changed, instead of resuming wrongly."""
+  mesh, tx, manager, create = _setup(tmp_path)
+  frozen = lambda path: tuple(path[:2]) == ('retriever', 'doc_tower')
+  _, state, shardings, _ = trainer.init_train_state(
+      create, tx, mesh, config_lib.AXIS_RULES, manager, frozen=frozen)
+  moments = optax.tree_utils.tree_get(state['opt_state'], 'mu')
+  assert 'doc_tower' not in moments.get('retriever', {})
+  assert 'reader' in moments
+  assert jax.tree.structure(shardings['opt_state']) == jax.tree.structure(
+      state['opt_state'])
+
+  _, full, _, _ = trainer.init_train_state(create, tx, mesh,
+                                           config_lib.AXIS_RULES, manager)
+  checkpointing.save(manager, 1, full, {'next_step': 1})
+  manager.wait_until_finished()
+  with pytest.raises(ValueError, match='another layout.*doc_tower'):
+    trainer.init_train_state(create, tx, mesh, config_lib.AXIS_RULES,
+                             manager, frozen=frozen)

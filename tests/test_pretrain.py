@@ -39,7 +39,8 @@ def _batch(seed=0):
   batch = dict(
       query_ids=ints(B, Q), query_mask=ones(B, Q),
       candidate_ids=ints(B, K, L), candidate_segments=ones(B, K, L),
-      candidate_mask=ones(B, K, L), reader_ids=ints(B, K, J),
+      candidate_mask=ones(B, K, L), candidate_valid=ones(B, K),
+      reader_ids=ints(B, K, J),
       reader_segments=ones(B, K, J), reader_mask=ones(B, K, J),
       mlm_positions=rng.integers(1, Q, (B, M)).astype(np.int32),
       mlm_targets=ints(B, M),
@@ -147,16 +148,42 @@ def test_null_document_is_cls_sep_sep():
 
 
 def test_trivial_retrieval_excluded_and_null_first():
-  retrieved = np.array([[5, 9, 2, 7], [1, 4, 6, 8]])
+  retrieved = np.array([[5, 9, 2, 7, 3], [1, 4, 6, 8, 0]])
   uid = lambda ids: ids * 100  # a block's uid64
-  chosen = pretrain_input.choose_candidates(retrieved, uid(retrieved),
-                                            source_uid64=uid(np.array([9, 3])),
-                                            num_candidates=4)
+  chosen, valid = pretrain_input.choose_candidates(
+      retrieved, uid(retrieved), source_uid64=uid(np.array([9, 3])),
+      num_candidates=4)
   # Row 0: its own block 9 is dropped; row 1: source 3 was not retrieved.
   np.testing.assert_array_equal(chosen, [[-1, 5, 2, 7], [-1, 1, 4, 6]])
-  with pytest.raises(ValueError, match='usable blocks'):
-    pretrain_input.choose_candidates(retrieved[:, :3], uid(retrieved[:, :3]),
-                                     uid(np.array([9, 3])), num_candidates=4)
+  assert valid.all()
+
+
+def test_candidates_skip_empty_slots_and_repeats_and_never_raise():
+  # Row 0: an empty ScaNN slot (-1) and block 6 whose uid repeats block 2's;
+  # row 1: only one usable block (the rest: its own block, empty slots).
+  retrieved = np.array([[2, -1, 6, 4, 5], [7, 3, -1, -1, -1]])
+  uids = np.array([[20, 0, 20, 40, 50], [70, 30, 0, 0, 0]])
+  chosen, valid = pretrain_input.choose_candidates(
+      retrieved, uids, source_uid64=np.array([99, 30]), num_candidates=4)
+  np.testing.assert_array_equal(chosen, [[-1, 2, 4, 5], [-1, 7, -1, -1]])
+  np.testing.assert_array_equal(valid, [[1, 1, 1, 1], [1, 1, 0, 0]])
+
+
+def test_invalid_candidates_are_excluded_from_the_marginal(model_and_params):
+  """A batch with an unfilled last slot scores as the batch without it."""
+  _, graphdef, params = model_and_params
+  batch = _batch(2)
+  batch['candidate_valid'][:, -1] = 0
+  masked, masked_metrics = realm_objective.loss(params, batch, None, graphdef)
+  shorter = {k: v[:, :-1] if k.startswith(('candidate', 'reader')) else v
+             for k, v in batch.items()}
+  loss, metrics = realm_objective.loss(params, shorter, None, graphdef)
+  np.testing.assert_allclose(masked, loss, rtol=1e-5)
+  for name in ('retrieval_utility', 'p_null', 'retrieval_entropy'):
+    np.testing.assert_allclose(masked_metrics[name], metrics[name], rtol=1e-4,
+                               atol=1e-6)
+  assert np.isfinite(jax.tree.leaves(jax.grad(lambda p: realm_objective.loss(
+      p, batch, None, graphdef)[0])(params))[0]).all()
 
 
 def test_candidate_inputs(tiny_corpus_workdir):

@@ -374,6 +374,7 @@ def validate(config) -> None:
   """The pre-training config's masking and candidate fields."""
   config_lib.check(config.num_candidates >= 2, 'num_candidates',
                    'needs the null document and at least one block')
+  config_lib.check(config.search_margin >= 0, 'search_margin', 'must be >= 0')
   config_lib.check(config.masking.kind in MASKINGS, 'masking.kind',
                    f'{config.masking.kind!r} is not one of {MASKINGS}')
   config_lib.check(1 <= config.masking.max_masks < config.lengths.query_len,
@@ -382,26 +383,41 @@ def validate(config) -> None:
 
 def choose_candidates(retrieved: np.ndarray, retrieved_uid64: np.ndarray,
                       source_uid64: np.ndarray, num_candidates: int
-                      ) -> np.ndarray:
-  """Block ids of the K - 1 best retrieved blocks that are not the query's
-  own block (trivial retrieval, compared by uid as REALM does); the null
-  document takes slot 0 (blocks.NULL_BLOCK)."""
-  chosen = np.full((len(retrieved), num_candidates), blocks_lib.NULL_BLOCK,
-                   np.int64)
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """(block ids [B, K], valid [B, K]) of each query's candidates.
+
+  Slot 0 is the null document (blocks.NULL_BLOCK); then the best retrieved
+  blocks in order, skipping empty search slots (id < 0, e.g. ScaNN's),
+  the query's own block (trivial retrieval, by uid as REALM does) and
+  repeats of a block already chosen (by uid: REALM skips such examples). A
+  search that leaves fewer than K - 1 usable blocks (search K - 1 plus a
+  margin) leaves the last slots invalid: null documents whose score the
+  loss excludes, so an odd query never stops a run.
+  """
+  b = len(retrieved)
+  chosen = np.full((b, num_candidates), blocks_lib.NULL_BLOCK, np.int64)
+  valid = np.zeros((b, num_candidates), bool)
+  valid[:, 0] = True
   for row, (ids, uids) in enumerate(zip(retrieved, retrieved_uid64)):
-    kept = ids[(uids != source_uid64[row]) & (ids >= 0)][:num_candidates - 1]
-    if len(kept) < num_candidates - 1:
-      raise ValueError(f'search returned {len(kept)} usable blocks; need '
-                       f'{num_candidates - 1} (is the corpus that small?)')
-    chosen[row, 1:] = kept
-  return chosen
+    seen = {int(source_uid64[row])}
+    slot = 1
+    for block, uid in zip(ids.tolist(), uids.tolist()):
+      if slot == num_candidates:
+        break
+      if block < 0 or uid in seen:
+        continue
+      seen.add(uid)
+      chosen[row, slot], valid[row, slot] = block, True
+      slot += 1
+  return chosen, valid
 
 
 def candidate_inputs(corpus: corpus_lib.Corpus, query_batch: dict,
                      chosen: np.ndarray, reader_len: int
                      ) -> dict[str, np.ndarray]:
   """Retriever inputs [B, K, L] (candidate_*) and reader inputs [B, K, J]
-  (reader_*, blocks.READER_KEYS but block_mask) of the candidates."""
+  (reader_*, blocks.READER_KEYS but block_mask) of the candidates (invalid
+  slots hold the null document)."""
   retriever = blocks_lib.retriever_inputs(corpus, chosen)
   reader = blocks_lib.reader_inputs(corpus, query_batch['query_ids'],
                                     query_batch['query_mask'], chosen,
@@ -424,7 +440,7 @@ def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
       query_ids=(b, lengths.query_len), query_mask=(b, lengths.query_len),
       candidate_ids=(b, k, lengths.block_len),
       candidate_segments=(b, k, lengths.block_len),
-      candidate_mask=(b, k, lengths.block_len),
+      candidate_mask=(b, k, lengths.block_len), candidate_valid=(b, k),
       reader_ids=(b, k, lengths.joint_len),
       reader_segments=(b, k, lengths.joint_len),
       reader_mask=(b, k, lengths.joint_len),

@@ -29,7 +29,6 @@ import ml_collections
 import numpy as np
 
 from realm_jax import answers
-from realm_jax import bert_import
 from realm_jax import checkpointing
 from realm_jax import cli
 from realm_jax import config_lib
@@ -155,8 +154,7 @@ def openqa_batch(examples, params, embed_queries, index, corpus, config,
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Fine-tunes; returns the last logged metrics (and eval results)."""
-  config = bert_import.apply_init_config(config)
-  validate(config, jax.device_count())
+  config = trainer_lib.checked_config(config, validate)
   workdir = epath.Path(workdir)
   corpus_dir = config.corpus_dir
   if config.init_from:
@@ -172,13 +170,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   trainer = trainer_lib.Trainer(
       config, workdir, 'finetune',
       lambda: models.REALM(model_config, rngs=nnx.Rngs(config.seed)),
-      frozen=lambda path: frozen(path, config.closed_book))
-  if trainer.fresh_start:  # BERT first, then the run's params
-    if config.init.bert_checkpoint:
-      trainer.params = bert_import.init_job_params(
-          trainer.params, trainer.shardings['params'],
-          ml_collections.ConfigDict(dict(model=model_config,
-                                         init=config.init)))
+      frozen=lambda path: frozen(path, config.closed_book),
+      model_config=model_config)
+  if trainer.fresh_start:  # BERT (in Trainer) first, then the run's params
     if config.init_from:
       trainer.params = params_from_run(config.init_from, trainer.params)
     trainer.save(wait=True)  # step 0: the frozen tower the index is built with

@@ -17,7 +17,6 @@ from flax import nnx
 import jax
 import ml_collections
 
-from realm_jax import bert_import
 from realm_jax import cli
 from realm_jax import config_lib
 from realm_jax import models
@@ -42,8 +41,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Trains ICT; returns the metrics of the last logged step."""
-  config = bert_import.apply_init_config(config)
-  validate(config, jax.device_count())
+  config = trainer_lib.checked_config(config, validate)
   workdir = epath.Path(workdir)
   corpus = trainer_lib.open_corpus(config, config.corpus_dir or
                                    workdir / 'corpus')
@@ -51,9 +49,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   trainer = trainer_lib.Trainer(
       config, workdir, 'ict',
       lambda: RetrieverModel(config.model, rngs=nnx.Rngs(config.seed)))
-  if trainer.fresh_start and config.init.bert_checkpoint:
-    trainer.params = bert_import.init_job_params(
-        trainer.params, trainer.shardings['params'], config)
 
   inputs = ict_input.IctInput(
       corpus, global_batch_size=config.batch_size,

@@ -22,7 +22,6 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from realm_jax import bert_import
 from realm_jax import checkpointing
 from realm_jax import cli
 from realm_jax import models
@@ -72,8 +71,7 @@ def salient_examples(config, corpus, workdir: epath.Path) -> epath.Path:
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Pre-trains REALM; returns the metrics of the last logged step."""
-  config = bert_import.apply_init_config(config)
-  validate(config, jax.device_count())
+  config = trainer_lib.checked_config(config, validate)
   workdir = epath.Path(workdir)
   corpus = trainer_lib.open_corpus(config, config.corpus_dir or
                                    workdir / 'corpus')
@@ -81,10 +79,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   trainer = trainer_lib.Trainer(
       config, workdir, 'pretrain',
       lambda: models.REALM(config.model, rngs=nnx.Rngs(config.seed)))
-  if trainer.fresh_start:  # BERT first, then ICT's retriever
-    if config.init.bert_checkpoint:
-      trainer.params = bert_import.init_job_params(
-          trainer.params, trainer.shardings['params'], config)
+  if trainer.fresh_start:  # BERT (in Trainer) first, then ICT's retriever
     if config.init_from:
       trainer.params = dict(trainer.params, retriever=retriever_from(
           config.init_from, config, checkpointing.abstract(trainer.params)))
@@ -117,19 +112,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     vectors = np.asarray(embed_queries(
         params, sharding.global_batch(queries, trainer.batch_sharding)))
     vectors = vectors[first_row:first_row + len(host['query_ids'])]
-    retrieved, _ = handle.search(vectors, config.num_candidates)
-    chosen = pretrain_input.choose_candidates(
+    retrieved, _ = handle.search(
+        vectors, config.num_candidates - 1 + config.search_margin)
+    chosen, valid = pretrain_input.choose_candidates(
         retrieved, corpus.uid64(np.maximum(retrieved, 0)).reshape(
             retrieved.shape), host['source_uid64'], config.num_candidates)
     batch = dict(queries, **pretrain_input.candidate_inputs(
-        corpus, queries, chosen, config.lengths.joint_len), **{
-            k: host[k] for k in ('mlm_positions', 'mlm_targets',
-                                 'mlm_weights')})
+        corpus, queries, chosen, config.lengths.joint_len),
+                 candidate_valid=valid.astype(np.int32), **{
+                     k: host[k] for k in ('mlm_positions', 'mlm_targets',
+                                          'mlm_weights')})
     return batch, dict(
         index_step=handle.checkpoint_step,
         index_staleness=step - handle.checkpoint_step,
-        source_recall=(retrieved == host['source_block'][:, None]).any(
-            1).mean(),
+        source_recall=(retrieved[:, :config.num_candidates] ==
+                       host['source_block'][:, None]).any(1).mean(),
+        candidates_missing=(~valid).sum(1).mean(),
         index_versions_used=len(versions_used))
 
   last = trainer.train(realm_objective.loss, host_batch)

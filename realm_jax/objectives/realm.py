@@ -22,12 +22,16 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+# A finite "minus infinity" for excluded candidates: gradients stay finite.
+_EXCLUDED = -1e9
+
 
 def loss(params, batch, dropout_key, graphdef):
   """REALM's marginal MLM loss and metrics; candidate 0 is the null doc.
 
   batch: query_ids/query_mask [B, Q]; candidate_{ids,segments,mask}
-  [B, K, L] (retriever inputs); reader_{ids,segments,mask} [B, K, J];
+  [B, K, L] (retriever inputs) and candidate_valid [B, K];
+  reader_{ids,segments,mask} [B, K, J];
   mlm_positions/mlm_targets/mlm_weights [B, M] (positions in the query).
   """
   model = nnx.merge(graphdef, params)
@@ -45,6 +49,8 @@ def loss(params, batch, dropout_key, graphdef):
       flat(batch['candidate_mask'], block_len), rngs=rngs).reshape(b, k, -1)
   scores = jnp.einsum('bd,bkd->bk', queries, docs,
                       preferred_element_type=jnp.float32)
+  # Slots the search could not fill (candidate_valid 0) are not candidates.
+  scores = jnp.where(batch['candidate_valid'].astype(bool), scores, _EXCLUDED)
   log_p_z = jax.nn.log_softmax(scores, axis=-1)  # [B, K]
 
   sequence = model.reader(flat(batch['reader_ids'], reader_len),
