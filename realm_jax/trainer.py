@@ -205,6 +205,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   config_lib.check(config.log_every_steps >= 1, 'log_every_steps',
                    'must be >= 1')
   checkpointing.validate(config.checkpoint)
+  optim.validate(config.optimizer, config.num_train_steps)
 
 
 def checked_config(config: ml_collections.ConfigDict,

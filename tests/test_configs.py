@@ -76,6 +76,8 @@ def test_unknown_variant_is_an_error():
      'config.model.max_position_embeddings'),
     (dict(model=dict(pooling='max')), 'config.model.pooling'),
     (dict(model=dict(projection_size=-1)), 'config.model.projection_size'),
+    (dict(optimizer=dict(warmup_steps=-2)), 'config.optimizer.warmup_steps'),
+    (dict(optimizer=dict(warmup_steps=301)), 'config.optimizer.warmup_steps'),
 ])
 def test_inconsistent_config_names_the_field(override, field):
   _, config = load('ict', 'tiny')
@@ -102,3 +104,18 @@ def test_unknown_override_on_the_command_line_fails(tmp_path):
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert result.returncode != 0
   assert 'hiden_size' in result.stderr
+
+
+@pytest.mark.parametrize('job', ['ict', 'pretrain', 'finetune'])
+def test_optimizer_is_berts_at_scale_and_warms_up_10_percent_when_tiny(job):
+  for variant in ('base', 'large'):
+    _, config = load(job, variant)
+    assert (config.optimizer.bias_correction,
+            config.optimizer.warmup_steps) == (False, -1)  # the reference's
+  _, config = load(job, 'tiny')
+  assert config.optimizer.bias_correction
+  assert config.optimizer.warmup_steps == config.num_train_steps // 10 > 0
+  # The 10% follows the run's length when it is overridden.
+  config.update_from_flattened_dict({'num_train_steps': 40})
+  assert config.optimizer.warmup_steps == 4
+
