@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from realm_jax import config_lib
-from realm_jax.jobs import ict
+from realm_jax import models
 from realm_jax.retrieval import index_handle
 from realm_jax.retrieval import index_store
 from realm_jax.retrieval import mips
@@ -41,7 +41,7 @@ def make_train_step(batch_size: int):
   mesh = sharding.make_mesh(config_lib.mesh_config(), jax.local_devices())
   tx = optim.make_optimizer(optim.optimizer_config(1e-4), 1000)
   graphdef, state, shardings, _ = trainer.init_train_state(
-      lambda: ict.RetrieverModel(config, rngs=nnx.Rngs(0)), tx, mesh,
+      lambda: models.RetrieverModel(config, rngs=nnx.Rngs(0)), tx, mesh,
       config_lib.AXIS_RULES)
   batch_sharding = sharding.batch_sharding(mesh, config_lib.AXIS_RULES)
   step_fn = trainer.jit_train_step(

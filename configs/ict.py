@@ -25,6 +25,7 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   tiny = arg == 'tiny'
   config = ml_collections.ConfigDict()
   config.corpus_dir = ''  # '' = WORKDIR/corpus
+  config.init_from = ''  # a realm-mlm workdir: every tower's encoder
   config.init = config_lib.init_config()
   config.model = config_lib.model_config(arg, vocab_size=8000 if tiny
                                          else 30522)

@@ -27,6 +27,8 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   config.corpus_dir = ''  # '' = WORKDIR/corpus
   config.init_from = ''  # an ICT workdir ('' = fresh retriever)
   config.init = config_lib.init_config()
+  # A realm-mlm workdir: the reader (encoder, MLM head) starts from it.
+  config.init.reader_from = ''
   config.model = config_lib.model_config(arg, vocab_size=8000 if tiny
                                          else 30522)
   config.lengths = config_lib.lengths_config()

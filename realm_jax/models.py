@@ -6,6 +6,9 @@
     │   └── query_tower: RetrieverTower   only when config.share_towers=False
     └── reader: Reader                    BERT + MLM head + ORQA span head
 
+RetrieverModel (realm-ict) and ReaderModel (realm-mlm) hold one of the two
+under the same names, so their checkpoints' subtrees drop into REALM's.
+
 Every module takes the `model` config of `config_lib.model_config`. Dropout is
 active only when a call passes `rngs` (an `nnx.Rngs` with a `dropout` stream);
 no RNG state lives in the modules, so a forward pass never changes the state
@@ -366,6 +369,20 @@ class REALM(nnx.Module):
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     self.retriever = Retriever(config, rngs=rngs)
+    self.reader = Reader(config, rngs=rngs)
+
+
+class RetrieverModel(nnx.Module):
+  """The retriever alone, under REALM's names (realm-ict's model)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.retriever = Retriever(config, rngs=rngs)
+
+
+class ReaderModel(nnx.Module):
+  """The reader alone, under REALM's names (realm-mlm's model)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     self.reader = Reader(config, rngs=rngs)
 
 

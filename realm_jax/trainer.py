@@ -297,8 +297,15 @@ class Trainer:
     if wait:
       self.manager.wait_until_finished()
 
-  def train(self, loss_fn: Callable, host_batch: HostBatch) -> dict:
-    """Trains to config.num_train_steps; returns the last logged metrics."""
+  def train(self, loss_fn: Callable, host_batch: HostBatch, *,
+            evaluate: Callable[[PyTree], Mapping[str, float]] | None = None,
+            eval_every_steps: int = 0) -> dict:
+    """Trains to config.num_train_steps; returns the last logged metrics.
+
+    `evaluate(params) -> metrics`, when given, runs every
+    `eval_every_steps` and after the last step; its metrics are logged
+    (and returned) under eval/.
+    """
     config = self.config
     step_fn = jit_train_step(
         lambda state, batch, rng: train_step(
@@ -323,6 +330,12 @@ class Trainer:
         last = {k: float(v) for k, v in jax.device_get(metrics).items()}
         last |= _mean_over_processes(host_metrics) | clock.metrics(done)
         self.writer.write(done, last)
+      if evaluate is not None and (done == config.num_train_steps or (
+          eval_every_steps and done % eval_every_steps == 0)):
+        results = {f'eval/{k}': float(v)
+                   for k, v in evaluate(self.state['params']).items()}
+        self.writer.write(done, results)
+        last |= results
       checkpointing.save(self.manager, done, self.state,
                          dict(next_step=done),
                          force=done == config.num_train_steps)

@@ -10,6 +10,7 @@ from flax import nnx
 from conftest import CONFIGS
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
+from realm_jax import models
 from realm_jax.jobs import ict
 from realm_jax.inputs import ict as ict_input
 from realm_jax.objectives import ict as ict_objective
@@ -93,7 +94,7 @@ def test_epoch_visits_every_block_once(corpus):
 
 def test_ict_loss_is_in_batch_softmax(corpus):
   config = _ict_config()
-  model = ict.RetrieverModel(config.model, rngs=nnx.Rngs(0))
+  model = models.RetrieverModel(config.model, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)
   params = nnx.to_pure_dict(state)
   batch = _inputs(corpus).batch(0)

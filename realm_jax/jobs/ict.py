@@ -10,32 +10,47 @@ Killed, it resumes from the latest checkpoint and the next unseen batch.
 
 With `config.init.bert_checkpoint` (a Hugging Face BERT directory) the
 towers start from that checkpoint (bert_import.init_from_bert) and take its
-sizes; the corpus must be tokenized with its vocab.txt.
+sizes; the corpus must be tokenized with its vocab.txt. With
+`config.init_from` (a realm-mlm workdir) every tower's encoder starts as
+that run's masked-LM-trained encoder.
 """
+from absl import logging
 from etils import epath
 from flax import nnx
 import jax
 import ml_collections
 
+from realm_jax import bert_import
+from realm_jax import checkpointing
 from realm_jax import cli
 from realm_jax import config_lib
 from realm_jax import models
 from realm_jax import trainer as trainer_lib
 from realm_jax.inputs import ict as ict_input
 from realm_jax.objectives import ict as ict_objective
-
-
-class RetrieverModel(nnx.Module):
-  """The retriever alone, under the same names as in models.REALM."""
-
-  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    self.retriever = models.Retriever(config, rngs=rngs)
+from realm_jax.retrieval import workspace
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   trainer_lib.validate(config, num_devices)
   config_lib.check(0.0 <= config.remove_sentence_rate <= 1.0,
                    'remove_sentence_rate', 'must be in [0, 1]')
+
+
+def encoders_from(init_from: str, config, params) -> dict:
+  """`params` with every tower's encoder from the reader encoder of
+  `init_from`'s latest checkpoint (a realm-mlm run)."""
+  workspace.check_init_run(config.model, init_from,
+                           tuple(bert_import.ARCHITECTURE_FIELDS))
+  manager, step = checkpointing.latest(init_from, 'init_from')
+  abstract = checkpointing.abstract(params['retriever']['doc_tower'][
+      'encoder'])
+  encoder = checkpointing.restore_subtree(
+      manager, step, ('params', 'reader', 'encoder'), abstract)
+  logging.info('Tower encoders initialised from %s step %d', init_from, step)
+  return dict(params, retriever={
+      name: dict(tower, encoder=encoder)
+      for name, tower in params['retriever'].items()})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -48,7 +63,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   trainer = trainer_lib.Trainer(
       config, workdir, 'ict',
-      lambda: RetrieverModel(config.model, rngs=nnx.Rngs(config.seed)))
+      lambda: models.RetrieverModel(config.model, rngs=nnx.Rngs(config.seed)))
+  if trainer.fresh_start and config.init_from:
+    trainer.params = encoders_from(config.init_from, config, trainer.params)
 
   inputs = ict_input.IctInput(
       corpus, global_batch_size=config.batch_size,

@@ -9,9 +9,10 @@ jitted step re-embeds the candidates with the current parameters and
 maximises the marginal likelihood (objectives/realm.py), so the gradient
 reaches the retriever.
 
-Starts from a BERT checkpoint (`config.init.bert_checkpoint`: every encoder
-and, when it has one, the MLM head) and/or an ICT run (`config.init_from`:
-the retriever, replacing BERT's), saves step 0 so the index builder can
+Starts from, in this order, a BERT checkpoint (`config.init.bert_checkpoint`:
+every encoder and, when it has one, the MLM head), a realm-mlm run
+(`config.init.reader_from`: the reader and its MLM head) and an ICT run
+(`config.init_from`: the retriever); saves step 0 so the index builder can
 embed the corpus with it, and waits for that first index.
 """
 from absl import logging
@@ -22,6 +23,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from realm_jax import bert_import
 from realm_jax import checkpointing
 from realm_jax import cli
 from realm_jax import models
@@ -36,6 +38,8 @@ from realm_jax.retrieval import workspace
 # The retriever is copied as it is from the init_from run: its towers must
 # be laid out alike.
 _RETRIEVER_FIELDS = (*workspace.PARAMETER_FIELDS, 'share_towers')
+_READER_FIELDS = (*bert_import.ARCHITECTURE_FIELDS, 'span_hidden_size',
+                  'max_span_width')
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -51,6 +55,16 @@ def retriever_from(init_from: str, config, abstract_params) -> dict:
       manager, step, ('params', 'retriever'), abstract_params['retriever'])
   logging.info('Retriever initialised from %s step %d', init_from, step)
   return retriever
+
+
+def reader_from(init_from: str, config, abstract_params) -> dict:
+  """The reader (encoder, MLM head, span head) of a realm-mlm run."""
+  workspace.check_init_run(config.model, init_from, _READER_FIELDS)
+  manager, step = checkpointing.latest(init_from, 'init.reader_from')
+  reader = checkpointing.restore_subtree(
+      manager, step, ('params', 'reader'), abstract_params['reader'])
+  logging.info('Reader initialised from %s step %d', init_from, step)
+  return reader
 
 
 def salient_examples(config, corpus, workdir: epath.Path) -> epath.Path:
@@ -79,7 +93,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   trainer = trainer_lib.Trainer(
       config, workdir, 'pretrain',
       lambda: models.REALM(config.model, rngs=nnx.Rngs(config.seed)))
-  if trainer.fresh_start:  # BERT (in Trainer) first, then ICT's retriever
+  if trainer.fresh_start:  # BERT (in Trainer), then the MLM reader, ICT's
+    if config.init.reader_from:  # retriever
+      trainer.params = dict(trainer.params, reader=reader_from(
+          config.init.reader_from, config,
+          checkpointing.abstract(trainer.params)))
     if config.init_from:
       trainer.params = dict(trainer.params, retriever=retriever_from(
           config.init_from, config, checkpointing.abstract(trainer.params)))

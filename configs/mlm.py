@@ -1,0 +1,57 @@
+r"""realm-mlm --config=configs/mlm.py:tiny --workdir=/tmp/realm_mlm --config.corpus_dir=/tmp/realm/corpus
+
+BERT masked-LM pre-training of the reader (encoder + MLM head) on the corpus
+blocks: what REALM's knowledge-augmented encoder starts from (the paper
+uses BERT's MLM checkpoint; none ships in the package registries). 15% of
+the pieces predicted, 80/10/10; `whole_word` picks whole words. The last
+`eval_blocks` blocks are held out: MLM loss and accuracy on them (and the
+accuracy of always predicting the most frequent held-out piece) are logged
+every `eval_every_steps`.
+
+From a BERT checkpoint (`init.bert_checkpoint`, e.g. all-MiniLM-L6-v2,
+which has no MLM head): the encoder is the checkpoint's and, when it brings
+no head, BERT's head (transform, GELU, LayerNorm, output bias, decoder tied
+to the word embeddings) is trained alone for `head_warmup_steps` first.
+
+The run starts realm-ict (`--config.init_from`: every tower's encoder),
+realm-pretrain (`--config.init.reader_from`: the reader and its MLM head)
+and realm-finetune. Variants: tiny (CPU), base (BERT-base: batch 256, lr
+1e-4, 1M steps), large.
+"""
+import ml_collections
+
+from realm_jax import checkpointing
+from realm_jax import config_lib
+from realm_jax import optim
+
+
+def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
+  tiny = arg == 'tiny'
+  config = ml_collections.ConfigDict()
+  config.corpus_dir = ''  # '' = WORKDIR/corpus
+  config.init = config_lib.init_config()
+  config.model = config_lib.model_config(arg, vocab_size=8000 if tiny
+                                         else 30522)
+  config.seq_len = 288  # a whole block (at most the corpus block length)
+  config.mask_rate = 0.15
+  config.max_predictions = 20 if tiny else 45  # BERT: 20 at 128, 76 at 512
+  config.whole_word = False
+  config.head_warmup_steps = 0  # set when the BERT checkpoint has no head
+  config.eval_blocks = 256 if tiny else 10_000
+  config.eval_every_steps = 100 if tiny else 10_000
+  config.eval_batch_size = 32 if tiny else 256
+  config.batch_size = 32 if tiny else 256
+  config.num_train_steps = 1000 if tiny else 1_000_000
+  config.optimizer = optim.optimizer_config(
+      learning_rate=1e-3 if tiny else 1e-4)
+  config.optimizer.bias_correction = tiny
+  if tiny:
+    config.optimizer.warmup_steps = config.get_ref('num_train_steps') // 10
+  config.checkpoint = checkpointing.checkpoint_config(
+      every_steps=200 if tiny else 10_000)
+  config.log_every_steps = 50 if tiny else 1000
+  config.seed = 0
+  config.mesh = config_lib.mesh_config()
+  config.axis_rules = config_lib.AXIS_RULES
+  config.lock()
+  return config

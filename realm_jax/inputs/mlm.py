@@ -1,0 +1,160 @@
+"""BERT masked-LM examples from corpus blocks (realm-mlm).
+
+Each example is a block as the retriever reads it, `[CLS] title [SEP] body
+[SEP]`, cut to `seq_len` (the last piece kept a [SEP]). `mask_rate` of its
+real pieces (never [CLS], [SEP] or padding), at least one and at most
+`max_predictions`, are predicted; of those, 80% become [MASK], 10% a random
+piece and 10% stay (BERT's create_pretraining_data.py). With `whole_word`,
+the pieces of a word are chosen together (a word: a piece that starts one,
+then its continuation pieces - '##' for WordPiece, no leading '▁' for
+SentencePiece).
+
+The last `eval_blocks` blocks of the corpus are held out: training reads
+only the others, and `eval_batches` masks the held-out ones the same way
+every time. Batches are a pure function of (seed, step) as in the other
+inputs: example p' = step * B + p of the global batch is block
+perm_e[p' mod n] (e the epoch) masked with its own generator seeded by
+(seed, p'), so a resumed run continues exactly and each host builds only its
+own rows.
+"""
+import functools
+
+import numpy as np
+
+from realm_jax import corpus as corpus_lib
+
+MLM_KEYS = ('token_ids', 'segment_ids', 'input_mask', 'mlm_positions',
+            'mlm_targets', 'mlm_weights')
+
+
+def word_continuations(tokenizer) -> np.ndarray:
+  """bool [vocab]: the piece continues a word (is not the start of one)."""
+  pieces = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
+  if any(p.startswith('##') for p in pieces):  # WordPiece
+    return np.array([p.startswith('##') for p in pieces])
+  return np.array([not p.startswith('\u2581') and not p.startswith('[')
+                   for p in pieces])  # SentencePiece: '▁' starts a word
+
+
+class MlmInput:
+  """Host-local masked-LM batches for a given step, and held-out batches."""
+
+  def __init__(self, corpus: corpus_lib.Corpus, *, global_batch_size: int,
+               seq_len: int, mask_rate: float, max_predictions: int,
+               whole_word: bool, eval_blocks: int, seed: int,
+               process_index: int = 0, process_count: int = 1):
+    if global_batch_size % process_count:
+      raise ValueError(f'global batch {global_batch_size} does not split '
+                       f'over {process_count} processes')
+    if not 0 <= eval_blocks < len(corpus):
+      raise ValueError(f'eval_blocks={eval_blocks}: the corpus has '
+                       f'{len(corpus)} blocks')
+    self._corpus = corpus
+    self._global_batch = global_batch_size
+    self._local_batch = global_batch_size // process_count
+    self._offset = process_index * self._local_batch
+    self._seq_len = min(seq_len, corpus.block_len)
+    self._rate = mask_rate
+    self._max_predictions = max_predictions
+    self._seed = seed
+    self._num_train = len(corpus) - eval_blocks
+    self._eval_blocks = eval_blocks
+    tokenizer = corpus.tokenizer
+    self._special = {tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id}
+    self._mask_id = tokenizer.mask_id
+    self._vocab_size = tokenizer.vocab_size
+    self._sep = tokenizer.sep_id
+    self._continues = word_continuations(tokenizer) if whole_word else None
+
+  @functools.lru_cache(maxsize=2)
+  def _permutation(self, epoch: int) -> np.ndarray:
+    rng = np.random.default_rng((self._seed, epoch))
+    return rng.permutation(self._num_train).astype(np.int64)
+
+  def block_ids(self, step: int) -> np.ndarray:
+    """Global block ids of this host's rows of the batch at `step`."""
+    first = step * self._global_batch + self._offset
+    n = self._num_train
+    return np.array([self._permutation(p // n)[p % n]
+                     for p in range(first, first + self._local_batch)])
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This host's rows of the global training batch at `step`."""
+    first = step * self._global_batch + self._offset
+    return self._examples(self.block_ids(step),
+                          np.arange(first, first + self._local_batch),
+                          stream=3)
+
+  def eval_batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """The held-out blocks, masked alike every call, in batches of
+    `batch_size` (the last one padded with weightless rows)."""
+    ids = np.arange(self._num_train, self._num_train + self._eval_blocks)
+    batches = []
+    for start in range(0, len(ids), batch_size):
+      chunk = ids[start:start + batch_size]
+      batch = self._examples(chunk, chunk, stream=4)
+      if len(chunk) < batch_size:
+        batch = {k: np.concatenate([v, np.zeros(
+            (batch_size - len(chunk), *v.shape[1:]), v.dtype)])
+                 for k, v in batch.items()}
+      batches.append(batch)
+    return batches
+
+  def _examples(self, block_ids, seeds, stream: int) -> dict[str, np.ndarray]:
+    blocks = self._corpus.blocks(block_ids)
+    rows = [self._example({k: v[row] for k, v in blocks.items()},
+                          np.random.default_rng((self._seed, int(s), stream)))
+            for row, s in enumerate(seeds)]
+    return {key: np.stack([r[key] for r in rows]) for key in MLM_KEYS}
+
+  def _example(self, block, rng) -> dict[str, np.ndarray]:
+    length = self._seq_len
+    ids = block['token_ids'][:length].copy()
+    mask = block['input_mask'][:length].copy()
+    if mask[-1]:  # cut: keep a final [SEP]
+      ids[-1] = self._sep
+    candidates = np.array([i for i in range(int(mask.sum()))
+                           if int(ids[i]) not in self._special])
+    targets = ids.copy()
+    chosen = self._choose(ids, candidates, rng)
+    action = rng.random(len(chosen))
+    replaced = ids.copy()
+    replaced[chosen[action < 0.8]] = self._mask_id
+    random_rows = chosen[(action >= 0.8) & (action < 0.9)]
+    replaced[random_rows] = rng.integers(0, self._vocab_size,
+                                         len(random_rows))
+    m = self._max_predictions
+    positions = np.zeros(m, np.int32)
+    weights = np.zeros(m, np.float32)
+    positions[:len(chosen)] = chosen
+    weights[:len(chosen)] = 1.0
+    return dict(token_ids=replaced, segment_ids=block['segment_ids'][:length],
+                input_mask=mask, mlm_positions=positions,
+                mlm_targets=targets[positions] * (weights > 0),
+                mlm_weights=weights)
+
+  def _choose(self, ids, candidates, rng) -> np.ndarray:
+    """Sorted positions to predict: mask_rate of the candidates, at least
+    one, at most max_predictions; whole words when asked."""
+    if not len(candidates):
+      return np.zeros(0, np.int64)
+    count = min(self._max_predictions,
+                max(1, int(round(len(candidates) * self._rate))))
+    if self._continues is None:
+      return np.sort(rng.choice(candidates, count, replace=False))
+    words, current = [], []
+    for position in candidates:
+      if current and not self._continues[ids[position]]:
+        words.append(current)
+        current = []
+      current.append(position)
+    words.append(current)
+    chosen = []
+    for w in rng.permutation(len(words)):
+      if len(chosen) + len(words[w]) <= count:
+        chosen += words[w]
+      if len(chosen) == count:
+        break
+    if not chosen:  # every word longer than the budget: part of one
+      chosen = words[rng.integers(len(words))][:count]
+    return np.sort(np.array(chosen, np.int64))

@@ -1,0 +1,148 @@
+"""realm-mlm: BERT masking, the masked-LM objective, the head's warm-up."""
+import importlib.util
+
+from flax import nnx
+import jax
+import numpy as np
+import pytest
+
+from conftest import CONFIGS
+from realm_jax import config_lib
+from realm_jax import corpus as corpus_lib
+from realm_jax import models
+from realm_jax.inputs import mlm as mlm_input
+from realm_jax.objectives import mlm as mlm_objective
+
+
+@pytest.fixture(scope='module')
+def corpus(tiny_corpus_workdir):
+  return corpus_lib.Corpus(tiny_corpus_workdir / 'corpus')
+
+
+def _inputs(corpus, **overrides):
+  settings = dict(global_batch_size=16, seq_len=128, mask_rate=0.15,
+                  max_predictions=20, whole_word=False, eval_blocks=8,
+                  seed=0)
+  settings.update(overrides)
+  return mlm_input.MlmInput(corpus, **settings)
+
+
+def test_bert_masking(corpus):
+  inputs = _inputs(corpus)
+  tok = corpus.tokenizer
+  special = {tok.cls_id, tok.sep_id, tok.pad_id}
+  kinds = dict(mask=0, random=0, kept=0)
+  for step in range(12):
+    batch = inputs.batch(step)
+    originals = corpus.blocks(inputs.block_ids(step))['token_ids'][:, :128]
+    cut = batch['input_mask'][:, -1] == 1  # a cut block ends in [SEP]
+    assert cut.any() and (~cut).any()
+    originals[cut, -1] = tok.sep_id
+    for row in range(16):
+      weights = batch['mlm_weights'][row]
+      positions = batch['mlm_positions'][row][weights > 0]
+      real = int(batch['input_mask'][row].sum())
+      candidates = sum(int(t) not in special
+                       for t in originals[row, :real])
+      assert len(positions) == min(20, max(1, round(candidates * 0.15)))
+      assert len(set(positions)) == len(positions)
+      assert all(int(originals[row, p]) not in special for p in positions)
+      np.testing.assert_array_equal(batch['mlm_targets'][row][weights > 0],
+                                    originals[row, positions])
+      unpredicted = np.setdiff1d(np.arange(128), positions)
+      np.testing.assert_array_equal(batch['token_ids'][row, unpredicted],
+                                    originals[row, unpredicted])
+      for p in positions:
+        token = batch['token_ids'][row, p]
+        kinds['mask' if token == tok.mask_id else
+              'kept' if token == originals[row, p] else 'random'] += 1
+  total = sum(kinds.values())
+  assert total > 1000
+  assert abs(kinds['mask'] / total - 0.8) < 0.04, kinds
+  assert abs(kinds['random'] / total - 0.1) < 0.03, kinds
+  assert abs(kinds['kept'] / total - 0.1) < 0.03, kinds
+  # A pure function of the step; the held-out blocks never train.
+  np.testing.assert_array_equal(inputs.batch(3)['token_ids'],
+                                _inputs(corpus).batch(3)['token_ids'])
+  assert max(inputs.block_ids(s).max() for s in range(40)) < len(corpus) - 8
+  first, again = inputs.eval_batches(5), inputs.eval_batches(5)
+  assert len(first) == 2 and first[1]['mlm_weights'][3:].sum() == 0
+  np.testing.assert_array_equal(first[0]['token_ids'], again[0]['token_ids'])
+
+
+def test_whole_word_masking_takes_every_piece_of_a_word(corpus):
+  inputs = _inputs(corpus, whole_word=True)
+  continues = mlm_input.word_continuations(corpus.tokenizer)
+  assert continues.any() and not continues.all()
+  whole_words = 0
+  for step in range(6):
+    batch = inputs.batch(step)
+    originals = corpus.blocks(inputs.block_ids(step))['token_ids'][:, :128]
+    originals[batch['input_mask'][:, -1] == 1, -1] = corpus.tokenizer.sep_id
+    for row in range(16):
+      chosen = set(batch['mlm_positions'][row][
+          batch['mlm_weights'][row] > 0].tolist())
+      for p in chosen:
+        # The piece before a continuation piece is chosen too, and so is
+        # the continuation after a chosen piece.
+        if continues[originals[row, p]]:
+          assert p - 1 in chosen
+        if p + 1 < 128 and continues[originals[row, p + 1]]:
+          assert p + 1 in chosen
+          whole_words += 1
+  assert whole_words > 10  # multi-piece words were masked
+
+
+def _model():
+  config = config_lib.model_config('tiny', vocab_size=60)
+  config.update(num_layers=1, hidden_size=16, num_heads=2,
+                intermediate_size=32, max_position_embeddings=32,
+                span_hidden_size=8)
+  return models.ReaderModel(config, rngs=nnx.Rngs(0))
+
+
+def _batch(trains):
+  rng = np.random.default_rng(0)
+  return dict(token_ids=rng.integers(5, 60, (2, 12)).astype(np.int32),
+              segment_ids=np.zeros((2, 12), np.int32),
+              input_mask=np.ones((2, 12), np.int32),
+              mlm_positions=np.array([[1, 4, 0], [2, 3, 5]], np.int32),
+              mlm_targets=rng.integers(5, 60, (2, 3)).astype(np.int32),
+              mlm_weights=np.array([[1, 1, 0], [1, 1, 1]], np.float32),
+              encoder_trains=np.full(2, trains, np.float32))
+
+
+def test_mlm_loss_matches_numpy_and_the_warmup_trains_only_the_head():
+  model = _model()
+  graphdef, state = nnx.split(model)
+  params = nnx.to_pure_dict(state)
+  batch = _batch(1.0)
+  loss, metrics = mlm_objective.loss(params, batch, None, graphdef)
+  sequence = model.reader(batch['token_ids'], batch['segment_ids'],
+                          batch['input_mask'])
+  logits = np.asarray(model.reader.mlm_logits(sequence,
+                                              batch['mlm_positions']),
+                      np.float64)
+  log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True))
+                              .sum(-1, keepdims=True)) - logits.max(
+                                  -1, keepdims=True)
+  picked = np.take_along_axis(log_probs, batch['mlm_targets'][..., None],
+                              -1)[..., 0]
+  w = batch['mlm_weights']
+  np.testing.assert_allclose(loss, -(picked * w).sum() / w.sum(), rtol=1e-5)
+  correct = (logits.argmax(-1) == batch['mlm_targets']) * w
+  np.testing.assert_allclose(metrics['mlm_accuracy'], correct.sum() / w.sum())
+
+  norm = lambda tree: float(sum(np.abs(x).sum() for x in jax.tree.leaves(
+      tree)))
+  for trains in (0.0, 1.0):
+    grads = jax.grad(lambda p: mlm_objective.loss(
+        p, _batch(trains), None, graphdef)[0])(params)['reader']
+    assert norm(grads['mlm_head']) > 0
+    assert norm(grads['span_head']) == 0
+    encoder = norm(grads['encoder'])
+    assert (encoder > 0) == bool(trains), (trains, encoder)
+  # The gate does not change the loss, only where its gradient goes.
+  np.testing.assert_allclose(
+      mlm_objective.loss(params, _batch(0.0), None, graphdef)[0], loss,
+      rtol=1e-6)
