@@ -19,8 +19,9 @@ AXIS_RULES = (
     ('span', 'model'),
 )
 
-# Retriever tower pooling (models.RetrieverTower).
+# Retriever tower pooling and relevance score (models.RetrieverTower).
 POOLINGS = ('cls', 'mean')
+SCORES = ('dot', 'cosine')
 
 _SIZES = {
     #        layers hidden heads  mlp
@@ -56,6 +57,11 @@ def model_config(size: str, vocab_size: int) -> ml_collections.ConfigDict:
       projection_size=128,
       projection_layer_norm_eps=1e-3,
       share_towers=True,  # REALM's share_embedders=True
+      # Relevance: 'dot' (REALM's inner product) | 'cosine' (L2-normalised
+      # tower outputs, / score_temperature; learned when learn_temperature).
+      score='dot',
+      score_temperature=0.05,
+      learn_temperature=False,
       # Reader span head (ORQA).
       span_hidden_size=256,
       max_span_width=10,
@@ -121,6 +127,9 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
     check(model[field] > 0, f'model.{field}', 'must be > 0')
   check(model.pooling in POOLINGS, 'model.pooling',
         f'{model.pooling!r} is not one of {POOLINGS}')
+  check(model.score in SCORES, 'model.score',
+        f'{model.score!r} is not one of {SCORES}')
+  check(model.score_temperature > 0, 'model.score_temperature', 'must be > 0')
   check(model.projection_size is None or model.projection_size >= 0,
         'model.projection_size', 'must be >= 0 (0 or None: no projection)')
   for field in ('dropout_rate', 'attention_dropout_rate'):

@@ -16,6 +16,8 @@ and pure jitted steps can split and merge it freely. Parameters are float32
 and carry logical axis names (see `config_lib.AXIS_RULES`); activations use
 `config.dtype`, with softmax and LayerNorm statistics in float32.
 """
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -224,11 +226,27 @@ class RetrieverTower(nnx.Module):
   A `config.projection_size` of 0 (or None) drops the projection, its
   LayerNorm and dropout: the tower outputs the pooled vector (hidden_size),
   e.g. to retrieve zero-shot with a sentence-embedding checkpoint.
+
+  `config.score`: 'dot' (REALM) leaves the vector as it is; 'cosine' (what
+  sentence embedders are trained for) L2-normalises it and scales it by
+  temperature**-1/2, so the inner product of two towers' outputs - in the
+  trainers' scores and in the index's MIPS alike - is cosine / temperature
+  (the scale is the same for every vector, so MIPS ranks by cosine). With
+  `learn_temperature` each tower learns its scale (log_scale), starting at
+  `score_temperature`.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    # Runs recorded before the field existed (their config.json) pool [CLS].
+    # Runs recorded before the fields existed (their config.json) pool
+    # [CLS] and score by inner product.
     self.pooling = config.get('pooling', 'cls')
+    self.score = config.get('score', 'dot')
+    self.learns_scale = self.score == 'cosine' and config.learn_temperature
+    if self.score == 'cosine':
+      log_scale = -0.5 * math.log(config.score_temperature)
+      self.fixed_scale = math.exp(log_scale)
+      if self.learns_scale:
+        self.log_scale = nnx.Param(jnp.full((), log_scale, jnp.float32))
     self.encoder = BertEncoder(config, rngs=rngs)
     if config.projection_size:
       self.projection = _linear(config.hidden_size, config.projection_size,
@@ -249,9 +267,16 @@ class RetrieverTower(nnx.Module):
                                     rngs=rngs)
     if self.pooling == 'mean':
       pooled = mean_pool(sequence, input_mask).astype(sequence.dtype)
-    if self.projection is None:
+    if self.projection is not None:
+      pooled = self.dropout(self.norm(self.projection(pooled)), rngs=rngs)
+    if self.score == 'dot':
       return pooled
-    return self.dropout(self.norm(self.projection(pooled)), rngs=rngs)
+    vector = pooled.astype(jnp.float32)
+    vector = vector / jnp.maximum(
+        jnp.linalg.norm(vector, axis=-1, keepdims=True), 1e-6)
+    scale = (jnp.exp(self.log_scale[...]) if self.learns_scale
+             else self.fixed_scale)
+    return (vector * scale).astype(pooled.dtype)
 
 
 class Retriever(nnx.Module):

@@ -54,10 +54,11 @@ def learning_rate_schedule(peak: float, num_train_steps: int,
 def decay_mask(params):
   """True for parameters that get weight decay: not LayerNorm scales, not
   biases (any name ending in 'bias', e.g. the MLM head's output_bias; BERT
-  excludes every name matching 'bias')."""
+  excludes every name matching 'bias'), not a retriever tower's learned
+  score scale (decay would pull its temperature to 1)."""
   def decays(path, _):
     name = str(getattr(path[-1], 'key', path[-1]))
-    return not (name == 'scale' or name.endswith('bias'))
+    return not (name in ('scale', 'log_scale') or name.endswith('bias'))
   return jax.tree_util.tree_map_with_path(decays, params)
 
 

@@ -373,6 +373,14 @@ def test_bert_retriever_mean_pools_like_sentence_transformers(
   weights = mask[..., None].astype(np.float64)
   expected = (reference[0] * weights).sum(1) / weights.sum(1)
   assert np.abs(got - expected).max() <= TOLERANCE
+  # score='cosine': sentence-transformers' normalised embedding (what
+  # MiniLM was trained for), over the temperature's square root.
+  cosine = retrieval_eval.bert_retriever(
+      checkpoint_dir, pooling='mean', projection_size=0, score='cosine',
+      score_temperature=0.04)
+  got = np.asarray(cosine.embed_queries(ids, np.zeros_like(ids), mask))
+  unit = expected / np.linalg.norm(expected, axis=-1, keepdims=True)
+  np.testing.assert_allclose(got, unit * 5.0, atol=5 * TOLERANCE)
 
 
 @pytest.mark.parametrize('field,value,named', [

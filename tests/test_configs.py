@@ -47,9 +47,22 @@ def test_model_sizes(variant, size):
 @pytest.mark.parametrize('job', ['ict', 'pretrain'])
 def test_retriever_defaults_are_realms_and_init_is_from_scratch(job):
   _, config = load(job, 'base')
-  assert (config.model.pooling, config.model.projection_size) == ('cls', 128)
-  assert config.init.to_dict() == config_lib.init_config().to_dict() == dict(
-      bert_checkpoint='')
+  assert (config.model.pooling, config.model.projection_size,
+          config.model.score) == ('cls', 128, 'dot')
+  assert config_lib.init_config().to_dict() == dict(bert_checkpoint='')
+  assert config.init.to_dict() == dict(
+      bert_checkpoint='', **(dict(reader_from='') if job == 'pretrain'
+                             else {}))
+  assert config.init_from == ''
+  config.model.score = 'cosine'
+  config_lib.validate_model(config.model)
+  config.model.score_temperature = 0.0
+  with pytest.raises(config_lib.ConfigError, match='score_temperature'):
+    config_lib.validate_model(config.model)
+  config.model.score, config.model.score_temperature = 'l2', 0.05
+  with pytest.raises(config_lib.ConfigError, match=r'model\.score:'):
+    config_lib.validate_model(config.model)
+  config.model.score = 'dot'
   for projection_size in (0, None):  # no projection
     config.model.projection_size = projection_size
     config_lib.validate_model(config.model)
@@ -106,7 +119,7 @@ def test_unknown_override_on_the_command_line_fails(tmp_path):
   assert 'hiden_size' in result.stderr
 
 
-@pytest.mark.parametrize('job', ['ict', 'pretrain', 'finetune'])
+@pytest.mark.parametrize('job', ['ict', 'pretrain', 'finetune', 'mlm'])
 def test_optimizer_is_berts_at_scale_and_warms_up_10_percent_when_tiny(job):
   for variant in ('base', 'large'):
     _, config = load(job, variant)

@@ -115,10 +115,14 @@ def np_tower(p, config, token_ids, segment_ids, input_mask):
   if config.pooling == 'mean':
     mask = input_mask[..., None].astype(np.float64)
     pooled = (sequence * mask).sum(1) / mask.sum(1)
-  if not config.projection_size:
+  if config.projection_size:
+    pooled = np_layer_norm(np_dense(pooled, p['projection']), p['norm'],
+                           config.projection_layer_norm_eps)
+  if config.score == 'dot':
     return pooled
-  return np_layer_norm(np_dense(pooled, p['projection']), p['norm'],
-                       config.projection_layer_norm_eps)
+  scale = (np.exp(p['log_scale']) if config.learn_temperature
+           else config.score_temperature**-0.5)
+  return pooled / np.linalg.norm(pooled, axis=-1, keepdims=True) * scale
 
 
 def np_mlm_logits(p, config, sequence, positions):
@@ -197,6 +201,40 @@ def test_retriever_tower_matches_numpy(pooling, projection_size):
                              **TOL)
   has_projection = {'projection', 'norm'} <= set(nnx.state(tower).keys())
   assert has_projection == bool(projection_size)
+
+
+@pytest.mark.parametrize('learn_temperature', [False, True])
+def test_cosine_score_is_cosine_over_temperature(learn_temperature):
+  config = tiny_config(num_layers=1, pooling='mean', projection_size=0,
+                       score='cosine', score_temperature=0.1,
+                       learn_temperature=learn_temperature, share_towers=False)
+  retriever = randomize(models.Retriever(config, rngs=nnx.Rngs(0)))
+  batch = inputs()
+  queries = np.asarray(retriever.embed_queries(*map(jnp.asarray, batch)),
+                       np.float64)
+  blocks = np.asarray(retriever.embed_blocks(*map(jnp.asarray, batch)),
+                      np.float64)
+  tower = params(retriever)['doc_tower']
+  np.testing.assert_allclose(blocks, np_tower(tower, config, *batch), **TOL)
+  # The same for every vector, so MIPS over the index ranks by cosine.
+  norms = np.linalg.norm(blocks, axis=-1)
+  np.testing.assert_allclose(norms, norms[0], rtol=1e-5)
+  if learn_temperature:  # a parameter of each tower, randomized above
+    assert not np.isclose(norms[0], 0.1**-0.5)
+    grads = nnx.grad(lambda r: (r.embed_queries(*map(jnp.asarray, batch))
+                                * r.embed_blocks(*map(jnp.asarray, batch))
+                                ).sum())(retriever)
+    assert abs(float(grads['query_tower']['log_scale'][...])) > 0
+  else:
+    np.testing.assert_allclose(norms, 0.1**-0.5, rtol=1e-5)
+    # The raw tower (score='dot') gives the same vectors unnormalised.
+    dot = config.copy_and_resolve_references()
+    dot.score = 'dot'
+    raw = np_tower(tower, dot, *batch)
+    cosine = (raw @ raw.T) / np.outer(np.linalg.norm(raw, axis=-1),
+                                     np.linalg.norm(raw, axis=-1))
+    np.testing.assert_allclose(blocks @ blocks.T, cosine / 0.1, rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_mean_pooling_ignores_padding():

@@ -24,10 +24,11 @@ MIN_CHECKPOINTS_TO_KEEP = 5
 # Model fields that fix the shapes or the outputs of the parameters: a run
 # a job starts from must agree on them.
 PARAMETER_FIELDS = (*bert_import.ARCHITECTURE_FIELDS, 'pooling',
-                    'projection_size', 'projection_layer_norm_eps',
-                    'span_hidden_size', 'max_span_width')
+                    'projection_size', 'projection_layer_norm_eps', 'score',
+                    'learn_temperature', 'span_hidden_size', 'max_span_width')
 # Defaults of fields added after runs were recorded without them.
-_FIELD_DEFAULTS = dict(pooling='cls')
+_FIELD_DEFAULTS = dict(pooling='cls', score='dot', score_temperature=0.05,
+                       learn_temperature=False)
 
 
 def read_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
