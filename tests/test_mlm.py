@@ -1,12 +1,10 @@
 """realm-mlm: BERT masking, the masked-LM objective, the head's warm-up."""
-import importlib.util
 
 from flax import nnx
 import jax
 import numpy as np
 import pytest
 
-from conftest import CONFIGS
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
 from realm_jax import models

@@ -219,6 +219,9 @@ def test_cosine_score_is_cosine_over_temperature(learn_temperature):
   # The same for every vector, so MIPS over the index ranks by cosine.
   norms = np.linalg.norm(blocks, axis=-1)
   np.testing.assert_allclose(norms, norms[0], rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(queries, axis=-1),
+                             norms[0] if not learn_temperature else
+                             np.linalg.norm(queries, axis=-1)[0], rtol=1e-5)
   if learn_temperature:  # a parameter of each tower, randomized above
     assert not np.isclose(norms[0], 0.1**-0.5)
     grads = nnx.grad(lambda r: (r.embed_queries(*map(jnp.asarray, batch))
