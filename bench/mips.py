@@ -1,4 +1,4 @@
-r"""MIPS: exact (jax) vs ScaNN through realm_jax.mips vs ScaNN called directly.
+r"""MIPS: exact (jax) vs ScaNN through realm_jax.retrieval.mips vs ScaNN called directly.
 
   .venv/bin/python bench/mips.py --sizes=100000,1000000
 

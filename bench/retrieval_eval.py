@@ -20,6 +20,7 @@ from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
 from realm_jax import models
 from realm_jax.inputs import openqa as openqa_input
+from realm_jax.inputs import pretrain as pretrain_input
 from realm_jax.retrieval import mips
 from realm_jax.retrieval import workspace
 
@@ -94,10 +95,8 @@ def dense_vectors(retriever: models.Retriever, corpus: corpus_lib.Corpus,
                   questions: Sequence[str], query_len: int = 96,
                   batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
   """float32 (block vectors [N, D], question vectors [Q, D])."""
-  blocks = corpus.blocks(np.arange(len(corpus)))
-  block_inputs = {key: blocks[key] for key in ('token_ids', 'segment_ids',
-                                               'input_mask')}
-  block_vectors = _embed(retriever.embed_blocks, block_inputs, batch_size)
+  block_vectors = _embed(retriever.embed_blocks, _block_inputs(corpus),
+                         batch_size)
   query = openqa_input.question_inputs(corpus.tokenizer, questions, query_len)
   query_vectors = _embed(retriever.embed_queries, dict(
       token_ids=query['query_ids'], segment_ids=np.zeros_like(
@@ -152,3 +151,56 @@ def recall_at_k(retrieved: np.ndarray, corpus: corpus_lib.Corpus,
         hits[row, col] = any(a in record['text'] for a in question['answer'])
   return {f'recall@{k}': float(hits[:, :k].any(1).mean()) for k in ks}
 
+
+
+def own_block_recall(retriever: models.Retriever, corpus: corpus_lib.Corpus,
+                     n: int = 500, seed: int = 0, query_len: int = 64,
+                     ks: Sequence[int] = (1, 5, 20)) -> dict[str, float]:
+  """ICT's task over the whole corpus: a sentence of each of n sampled
+  blocks as the query, `[CLS] sentence [SEP]`; recall@k of its own block
+  (embedded whole, as the index builder does), and chance (k / N)."""
+  rng = np.random.default_rng(seed)
+  ids = rng.choice(len(corpus), size=min(n, len(corpus)), replace=False)
+  tokenizer = corpus.tokenizer
+  query_ids = np.full((len(ids), query_len), tokenizer.pad_id, np.int32)
+  query_mask = np.zeros_like(query_ids)
+  for row, block in enumerate(ids):
+    bounds = corpus.sentence_bounds(block)
+    start, end = bounds[rng.integers(len(bounds))]
+    tokens = [tokenizer.cls_id,
+              *corpus.body_tokens(block)[start:end][:query_len - 2],
+              tokenizer.sep_id]
+    query_ids[row, :len(tokens)] = tokens
+    query_mask[row, :len(tokens)] = 1
+  block_vectors = _embed(retriever.embed_blocks, _block_inputs(corpus), 64)
+  query_vectors = _embed(retriever.embed_queries, dict(
+      token_ids=query_ids, segment_ids=np.zeros_like(query_ids),
+      input_mask=query_mask), 64)
+  hits = exact_search(block_vectors, query_vectors, max(ks)) == ids[:, None]
+  return {**{f'recall@{k}': float(hits[:, :k].any(1).mean()) for k in ks},
+          **{f'chance@{k}': k / len(corpus) for k in ks}}
+
+
+def fact_recall(retriever: models.Retriever, corpus: corpus_lib.Corpus,
+                queries: dict[str, np.ndarray], num_candidates: int = 8
+                ) -> float:
+  """REALM's retrieval on the synthetic corpus: the fraction of masked
+  queries (a PretrainInput batch) whose K - 1 candidates - the best blocks
+  by exact search, the query's own excluded - hold the masked span
+  (inputs.pretrain.fact_found)."""
+  block_vectors = _embed(retriever.embed_blocks, _block_inputs(corpus), 64)
+  query_vectors = _embed(retriever.embed_queries, dict(
+      token_ids=queries['query_ids'],
+      segment_ids=np.zeros_like(queries['query_ids']),
+      input_mask=queries['query_mask']), 64)
+  top = exact_search(block_vectors, query_vectors, num_candidates + 4)
+  chosen, valid = pretrain_input.choose_candidates(
+      top, corpus.uid64(top).reshape(top.shape), queries['source_uid64'],
+      num_candidates)
+  return float(pretrain_input.fact_found(corpus, queries, chosen,
+                                         valid).mean())
+
+
+def _block_inputs(corpus: corpus_lib.Corpus) -> dict[str, np.ndarray]:
+  blocks = corpus.blocks(np.arange(len(corpus)))
+  return {k: blocks[k] for k in ('token_ids', 'segment_ids', 'input_mask')}

@@ -36,6 +36,8 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   # Blocks searched beyond K - 1, so that dropping the query's own block
   # and repeats still fills the K - 1 slots.
   config.search_margin = 4
+  # Ablation: the retriever gets no gradient (REALM without training it).
+  config.freeze_retriever = False
   config.masking = ml_collections.ConfigDict(dict(
       kind='salient',  # salient | random_tokens | random_spans (ablations)
       max_masks=10,

@@ -343,3 +343,26 @@ def test_init_from_run_must_agree_on_the_retriever(bert_workdirs, tmp_path):
   with pytest.raises(config_lib.ConfigError,
                      match=r'config\.model\.pooling: cls != mean'):
     pretrain.train_and_evaluate(config, str(tmp_path / 'w'))
+
+
+def test_fact_found_is_a_candidate_holding_the_masked_span(
+    tiny_corpus_workdir):
+  corpus = corpus_lib.Corpus(tiny_corpus_workdir / 'corpus')
+  tok = corpus.tokenizer
+  record = corpus.records([5])[0]
+  word = next(w for w in record['text'].split() if len(w) > 6 and w.isalpha())
+  pieces = tok.encode(word)
+  batch = dict(mlm_targets=np.zeros((2, 10), np.int32),
+               mlm_weights=np.zeros((2, 10), np.float32))
+  for row in range(2):
+    batch['mlm_targets'][row, :len(pieces)] = pieces
+    batch['mlm_weights'][row, :len(pieces)] = 1
+  others = [i for i in range(len(corpus)) if word.lower() not in
+            corpus.records([i])[0]['text'].lower()][:2]
+  chosen = np.array([[-1, others[0], 5], [-1, others[0], others[1]]])
+  valid = np.ones_like(chosen, bool)
+  np.testing.assert_array_equal(
+      pretrain_input.fact_found(corpus, batch, chosen, valid), [True, False])
+  valid[0, 2] = False  # an unfilled slot does not count
+  np.testing.assert_array_equal(
+      pretrain_input.fact_found(corpus, batch, chosen, valid), [False, False])

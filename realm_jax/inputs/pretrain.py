@@ -430,6 +430,23 @@ def candidate_inputs(corpus: corpus_lib.Corpus, query_batch: dict,
               reader_mask=reader['reader_mask'])
 
 
+def fact_found(corpus: corpus_lib.Corpus, batch: dict[str, np.ndarray],
+               chosen: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """bool [B]: a candidate block (other than the query's own) holds the
+  masked span's text - on the synthetic corpus, where names and dates are
+  unique, a block that states the masked fact. Case-insensitive, as the
+  tokenizer may lowercase."""
+  tokenizer = corpus.tokenizer
+  found = np.zeros(len(chosen), bool)
+  for row in range(len(chosen)):
+    pieces = batch['mlm_targets'][row][batch['mlm_weights'][row] > 0]
+    span = tokenizer.decode(pieces.tolist()).strip().lower()
+    ids = chosen[row][valid[row] & (chosen[row] != blocks_lib.NULL_BLOCK)]
+    found[row] = bool(span) and any(
+        span in r['text'].lower() for r in corpus.records(ids))
+  return found
+
+
 def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """(shape, dtype) of each array of the global batch realm-pretrain feeds
   its step: queries, K candidates for the retriever and for the reader,

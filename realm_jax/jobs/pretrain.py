@@ -92,7 +92,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   trainer = trainer_lib.Trainer(
       config, workdir, 'pretrain',
-      lambda: models.REALM(config.model, rngs=nnx.Rngs(config.seed)))
+      lambda: models.REALM(config.model, rngs=nnx.Rngs(config.seed)),
+      frozen=(lambda path: path[0] == 'retriever') if config.freeze_retriever
+      else None)
   if trainer.fresh_start:  # BERT (in Trainer), then the MLM reader, ICT's
     if config.init.reader_from:  # retriever
       trainer.params = dict(trainer.params, reader=reader_from(
@@ -146,6 +148,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         source_recall=(retrieved[:, :config.num_candidates] ==
                        host['source_block'][:, None]).any(1).mean(),
         candidates_missing=(~valid).sum(1).mean(),
+        fact_recall=pretrain_input.fact_found(corpus, host, chosen,
+                                              valid).mean(),
         index_versions_used=len(versions_used))
 
   last = trainer.train(realm_objective.loss, host_batch)

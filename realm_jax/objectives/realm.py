@@ -16,7 +16,9 @@ The candidates' embeddings are computed here with the current parameters
 towers through p(z | x) and the reader through p(y | z, x).
 
 Retrieval utility (paper App. D): log p(y | x) - log p(y | z_0, x), how much
-the retrieved documents help over the null document alone.
+the retrieved documents help over the null document alone; likewise
+mlm_accuracy (of the mixture) against null_mlm_accuracy (the reader given
+z_0 alone).
 """
 from flax import nnx
 import jax
@@ -74,10 +76,14 @@ def loss(params, batch, dropout_key, graphdef):
       log_p_z[:, :, None, None] + log_probs.reshape(b, k, *log_probs.shape[1:]),
       axis=1)
   correct = jnp.argmax(mixture, axis=-1) == batch['mlm_targets']
+  # The same reader given the null document alone: what retrieval adds.
+  null_logits = logits.reshape(b, k, *logits.shape[1:])[:, 0]
+  null_correct = jnp.argmax(null_logits, axis=-1) == batch['mlm_targets']
   p_z = jnp.exp(log_p_z)
   metrics = dict(
       loss=loss_value,
       mlm_accuracy=(correct * weights).sum() / num_targets,
+      null_mlm_accuracy=(null_correct * weights).sum() / num_targets,
       retrieval_utility=((marginal - log_p_y_given_z[:, 0]) * weights).sum()
       / num_targets,
       p_null=p_z[:, 0].mean(),
