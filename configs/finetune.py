@@ -63,14 +63,8 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   config.reader_beam_size = 5
   config.batch_size = 8 if tiny else 16  # questions per step
   config.num_train_steps = 300 if tiny else 20_000
-  config.optimizer = optim.optimizer_config(
-      learning_rate=1e-3 if tiny else 1e-5)
-  # BERT's uncorrected Adam at scale; at tiny scale the reference warmup
-  # formula's 100-step floor would be all or most of the run, so tiny warms
-  # up over 10% of the steps (following --config.num_train_steps).
-  config.optimizer.bias_correction = tiny
-  if tiny:
-    config.optimizer.warmup_steps = config.get_ref('num_train_steps') // 10
+  config.optimizer = optim.job_optimizer_config(
+      config, learning_rate=1e-3 if tiny else 1e-5, tiny=tiny)
   config.checkpoint = checkpointing.checkpoint_config(
       every_steps=100 if tiny else 1000)
   config.log_every_steps = 10 if tiny else 100

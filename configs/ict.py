@@ -36,14 +36,8 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   config.num_train_steps = 300 if tiny else 100_000
   # From scratch (no BERT) the tiny towers need a larger rate to leave the
   # collapsed start where every block embeds alike.
-  config.optimizer = optim.optimizer_config(
-      learning_rate=1e-3 if tiny else 1e-4)
-  # BERT's uncorrected Adam at scale; at tiny scale the reference warmup
-  # formula's 100-step floor would be all or most of the run, so tiny warms
-  # up over 10% of the steps (following --config.num_train_steps).
-  config.optimizer.bias_correction = tiny
-  if tiny:
-    config.optimizer.warmup_steps = config.get_ref('num_train_steps') // 10
+  config.optimizer = optim.job_optimizer_config(
+      config, learning_rate=1e-3 if tiny else 1e-4, tiny=tiny)
   config.checkpoint = checkpointing.checkpoint_config(
       every_steps=50 if tiny else 1000)
   config.log_every_steps = 10 if tiny else 100

@@ -42,11 +42,8 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   config.eval_batch_size = 32 if tiny else 256
   config.batch_size = 32 if tiny else 256
   config.num_train_steps = 300 if tiny else 1_000_000
-  config.optimizer = optim.optimizer_config(
-      learning_rate=1e-3 if tiny else 1e-4)
-  config.optimizer.bias_correction = tiny
-  if tiny:
-    config.optimizer.warmup_steps = config.get_ref('num_train_steps') // 10
+  config.optimizer = optim.job_optimizer_config(
+      config, learning_rate=1e-3 if tiny else 1e-4, tiny=tiny)
   config.checkpoint = checkpointing.checkpoint_config(
       every_steps=200 if tiny else 10_000)
   config.log_every_steps = 50 if tiny else 1000

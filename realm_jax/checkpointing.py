@@ -10,6 +10,7 @@ The index builder restores only workspace.DOC_TOWER_PATH from `state/`
 from collections.abc import Sequence
 from typing import Any
 
+from absl import logging
 from etils import epath
 import jax
 import ml_collections
@@ -118,3 +119,14 @@ def latest(workdir: epath.PathLike, field: str
   config_lib.check(step is not None, field,
                    f'no checkpoint in {workdir}/checkpoints')
   return manager, step
+
+
+def restore_from_run(workdir: epath.PathLike, field: str,
+                     path: Sequence[str], abstract_subtree: PyTree) -> PyTree:
+  """state[path] of another run's latest checkpoint (what a job starts
+  from); a ConfigError names `field` when that run has none."""
+  manager, step = latest(workdir, field)
+  subtree = restore_subtree(manager, step, path, abstract_subtree)
+  logging.info('%s initialised from %s step %d', '/'.join(path[1:]),
+               workdir, step)
+  return subtree

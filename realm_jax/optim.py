@@ -119,6 +119,23 @@ def validate(config: ml_collections.ConfigDict, num_train_steps: int) -> None:
       f'{num_train_steps}]')
 
 
+def job_optimizer_config(config: ml_collections.ConfigDict,
+                         learning_rate: float,
+                         tiny: bool) -> ml_collections.ConfigDict:
+  """The optimizer of a job config (set config.num_train_steps first).
+
+  At scale, the reference's: BERT's uncorrected Adam and the warmup
+  formula. Tiny: optax's corrected Adam, and warmup over 10% of the steps
+  (following --config.num_train_steps), since the formula's 100-step floor
+  would be all or most of a short run.
+  """
+  optimizer = optimizer_config(learning_rate)
+  optimizer.bias_correction = tiny
+  if tiny:
+    optimizer.warmup_steps = config.get_ref('num_train_steps') // 10
+  return optimizer
+
+
 def optimizer_config(learning_rate: float) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       learning_rate=learning_rate, weight_decay=0.01, clip_norm=1.0,

@@ -26,8 +26,9 @@ def null_document(tokenizer, block_len: int) -> dict[str, np.ndarray]:
   return dict(token_ids=ids, segment_ids=segments, input_mask=mask)
 
 
-def _blocks(corpus: corpus_lib.Corpus, block_ids: np.ndarray) -> dict:
-  """corpus.blocks of [B, K] ids, NULL_BLOCK rows the null document's."""
+def gather(corpus: corpus_lib.Corpus, block_ids: np.ndarray) -> dict:
+  """corpus.blocks of [B, K] ids, NULL_BLOCK rows the null document's: what
+  the two featurizers below read (pass it to both to read the corpus once)."""
   shape = block_ids.shape
   real = block_ids != NULL_BLOCK
   blocks = corpus.blocks(block_ids[real])
@@ -41,17 +42,19 @@ def _blocks(corpus: corpus_lib.Corpus, block_ids: np.ndarray) -> dict:
   return out
 
 
-def retriever_inputs(corpus: corpus_lib.Corpus, block_ids: np.ndarray
-                     ) -> dict[str, np.ndarray]:
-  """[B, K, block_len] token_ids, segment_ids, input_mask of `block_ids`."""
-  blocks = _blocks(corpus, block_ids)
+def retriever_inputs(corpus: corpus_lib.Corpus, block_ids: np.ndarray,
+                     blocks: dict | None = None) -> dict[str, np.ndarray]:
+  """[B, K, block_len] token_ids, segment_ids, input_mask of `block_ids`
+  (`blocks`: their `gather`, if already read)."""
+  blocks = gather(corpus, block_ids) if blocks is None else blocks
   return {key: blocks[key] for key in ('token_ids', 'segment_ids',
                                        'input_mask')}
 
 
 def reader_inputs(corpus: corpus_lib.Corpus, query_ids: np.ndarray,
                   query_mask: np.ndarray, block_ids: np.ndarray,
-                  length: int) -> dict[str, np.ndarray]:
+                  length: int, blocks: dict | None = None
+                  ) -> dict[str, np.ndarray]:
   """[B, K, length] reader inputs of the blocks `block_ids` [B, K].
 
   `query_ids` / `query_mask` [B, Q] are `[CLS] q [SEP]` rows; a query too
@@ -59,10 +62,11 @@ def reader_inputs(corpus: corpus_lib.Corpus, query_ids: np.ndarray,
   piece. Returns reader_ids, reader_segments (1 from the body on),
   reader_mask, block_mask (the body's positions: where answer spans may
   lie), and body_start, body_len [B, K] (after truncation): body piece i
-  sits at position body_start + i.
+  sits at position body_start + i. `blocks`: their `gather`, if already
+  read.
   """
   b, k = block_ids.shape
-  blocks = _blocks(corpus, block_ids)
+  blocks = gather(corpus, block_ids) if blocks is None else blocks
   shape = (b, k, length)
   token_ids = np.zeros(shape, np.int32)
   segment_ids = np.zeros(shape, np.int32)

@@ -418,10 +418,11 @@ def candidate_inputs(corpus: corpus_lib.Corpus, query_batch: dict,
   """Retriever inputs [B, K, L] (candidate_*) and reader inputs [B, K, J]
   (reader_*, blocks.READER_KEYS but block_mask) of the candidates (invalid
   slots hold the null document)."""
-  retriever = blocks_lib.retriever_inputs(corpus, chosen)
+  blocks = blocks_lib.gather(corpus, chosen)  # read once, featurized twice
+  retriever = blocks_lib.retriever_inputs(corpus, chosen, blocks)
   reader = blocks_lib.reader_inputs(corpus, query_batch['query_ids'],
                                     query_batch['query_mask'], chosen,
-                                    reader_len)
+                                    reader_len, blocks)
   return dict(candidate_ids=retriever['token_ids'],
               candidate_segments=retriever['segment_ids'],
               candidate_mask=retriever['input_mask'],

@@ -14,7 +14,6 @@ sizes; the corpus must be tokenized with its vocab.txt. With
 `config.init_from` (a realm-mlm workdir) every tower's encoder starts as
 that run's masked-LM-trained encoder.
 """
-from absl import logging
 from etils import epath
 from flax import nnx
 import jax
@@ -42,12 +41,9 @@ def encoders_from(init_from: str, config, params) -> dict:
   `init_from`'s latest checkpoint (a realm-mlm run)."""
   workspace.check_init_run(config.model, init_from,
                            tuple(bert_import.ARCHITECTURE_FIELDS))
-  manager, step = checkpointing.latest(init_from, 'init_from')
-  abstract = checkpointing.abstract(params['retriever']['doc_tower'][
-      'encoder'])
-  encoder = checkpointing.restore_subtree(
-      manager, step, ('params', 'reader', 'encoder'), abstract)
-  logging.info('Tower encoders initialised from %s step %d', init_from, step)
+  encoder = checkpointing.restore_from_run(
+      init_from, 'init_from', ('params', 'reader', 'encoder'),
+      checkpointing.abstract(params['retriever']['doc_tower']['encoder']))
   return dict(params, retriever={
       name: dict(tower, encoder=encoder)
       for name, tower in params['retriever'].items()})

@@ -47,26 +47,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   pretrain_input.validate(config)
 
 
-def retriever_from(init_from: str, config, abstract_params) -> dict:
-  """The retriever of another run's (e.g. ICT's) latest checkpoint."""
-  workspace.check_init_run(config.model, init_from, _RETRIEVER_FIELDS)
-  manager, step = checkpointing.latest(init_from, 'init_from')
-  retriever = checkpointing.restore_subtree(
-      manager, step, ('params', 'retriever'), abstract_params['retriever'])
-  logging.info('Retriever initialised from %s step %d', init_from, step)
-  return retriever
-
-
-def reader_from(init_from: str, config, abstract_params) -> dict:
-  """The reader (encoder, MLM head, span head) of a realm-mlm run."""
-  workspace.check_init_run(config.model, init_from, _READER_FIELDS)
-  manager, step = checkpointing.latest(init_from, 'init.reader_from')
-  reader = checkpointing.restore_subtree(
-      manager, step, ('params', 'reader'), abstract_params['reader'])
-  logging.info('Reader initialised from %s step %d', init_from, step)
-  return reader
-
-
 def salient_examples(config, corpus, workdir: epath.Path) -> epath.Path:
   """WORKDIR/examples: the salient spans of the corpus, found once (as
   REALM did, offline) by process 0."""
@@ -96,13 +76,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       frozen=(lambda path: path[0] == 'retriever') if config.freeze_retriever
       else None)
   if trainer.fresh_start:  # BERT (in Trainer), then the MLM reader, ICT's
-    if config.init.reader_from:  # retriever
-      trainer.params = dict(trainer.params, reader=reader_from(
-          config.init.reader_from, config,
-          checkpointing.abstract(trainer.params)))
-    if config.init_from:
-      trainer.params = dict(trainer.params, retriever=retriever_from(
-          config.init_from, config, checkpointing.abstract(trainer.params)))
+    abstract = checkpointing.abstract(trainer.params)  # retriever
+    for part, field, run, fields in (
+        ('reader', 'init.reader_from', config.init.reader_from,
+         _READER_FIELDS),
+        ('retriever', 'init_from', config.init_from, _RETRIEVER_FIELDS)):
+      if run:
+        workspace.check_init_run(config.model, run, fields)
+        trainer.params = dict(trainer.params, **{
+            part: checkpointing.restore_from_run(
+                run, field, ('params', part), abstract[part])})
     trainer.save()  # step 0: the index builder's first document tower
 
   examples = salient_examples(config, corpus, workdir)
