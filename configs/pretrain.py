@@ -36,6 +36,12 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   # Blocks searched beyond K - 1, so that dropping the query's own block
   # and repeats still fills the K - 1 slots.
   config.search_margin = 4
+  # Which parameters embed the queries that search the index: 'current'
+  # (this step's; no extra memory) or 'index' (the checkpoint the served
+  # index was embedded from, as REALM's example generator; a second
+  # retriever in memory). The candidates are re-scored with the current
+  # parameters either way.
+  config.query_embedder = 'current'
   # Ablation: the retriever gets no gradient (REALM without training it).
   config.freeze_retriever = False
   config.masking = ml_collections.ConfigDict(dict(

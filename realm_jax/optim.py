@@ -3,9 +3,11 @@
 Reference (bert/optimization.py, used by REALM, ORQA and ICT): AdamWeightDecay
 with weight decay 0.01 on everything but LayerNorm and biases (any name
 ending in 'bias', the MLM head's output_bias too), beta1 0.9,
-beta2 0.999, eps 1e-6, global-norm clip 1.0, linear warmup to the peak rate
-then linear decay to 0. The warmup is `warmup_steps` steps; -1 is the
-reference's min(10000, max(100, steps // 10)).
+beta2 0.999, eps 1e-6, global-norm clip 1.0; the rate decays linearly from
+the peak at step 0 to 0 at the last step, and during the first
+`warmup_steps` steps is replaced by a linear ramp from 0 (so after warmup it
+resumes at peak * (1 - warmup / steps), not at the peak). -1 warmup steps is
+the reference's min(10000, max(100, steps // 10)).
 
 BERT's Adam does not correct the moment bias: its update is m / (sqrt(v) +
 eps) on the raw moving averages. Early on v is far below its bias-corrected
@@ -44,10 +46,12 @@ def warmup_steps(config: ml_collections.ConfigDict,
 
 def learning_rate_schedule(peak: float, num_train_steps: int,
                            warmup: int) -> optax.Schedule:
-  """Linear from 0 to `peak` over `warmup` steps, then linear to 0."""
+  """BERT's: peak * step / warmup during warmup, else peak * (1 - step /
+  num_train_steps) (bert/optimization.py's polynomial decay from step 0)."""
   return optax.join_schedules([
       optax.linear_schedule(0.0, peak, warmup),
-      optax.linear_schedule(peak, 0.0, max(num_train_steps - warmup, 1)),
+      optax.linear_schedule(peak * (1 - warmup / num_train_steps), 0.0,
+                            max(num_train_steps - warmup, 1)),
   ], [warmup])
 
 

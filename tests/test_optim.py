@@ -27,13 +27,27 @@ def test_warmup_steps_field(configured, steps, warmup):
   assert optim.warmup_steps(config, steps) == warmup
 
 
-def test_schedule_warms_up_then_decays_to_zero():
-  schedule = optim.learning_rate_schedule(1e-3, 1000, warmup=100)
-  np.testing.assert_allclose(schedule(0), 0.0)
-  np.testing.assert_allclose(schedule(50), 0.5e-3, rtol=1e-6)
-  np.testing.assert_allclose(schedule(100), 1e-3, rtol=1e-6)
-  np.testing.assert_allclose(schedule(550), 0.5e-3, rtol=1e-6)
-  np.testing.assert_allclose(schedule(1000), 0.0, atol=1e-12)
+def _bert_learning_rate(peak, step, num_train_steps, warmup):
+  """bert/optimization.py: polynomial_decay(power 1, end 0) from step 0,
+  replaced by peak * step / warmup while step < warmup."""
+  decayed = peak * (1 - min(step, num_train_steps) / num_train_steps)
+  is_warmup = float(step < warmup)
+  return (1 - is_warmup) * decayed + is_warmup * peak * step / max(warmup, 1)
+
+
+@pytest.mark.parametrize('steps, warmup', [(1000, 100), (300, 30), (50, 0)])
+def test_schedule_is_berts(steps, warmup):
+  schedule = optim.learning_rate_schedule(1e-3, steps, warmup=warmup)
+  points = sorted({0, 1, warmup // 2, max(warmup - 1, 0), warmup, warmup + 1,
+                   steps // 2, steps - 1, steps})
+  np.testing.assert_allclose(
+      [float(schedule(t)) for t in points],
+      [_bert_learning_rate(1e-3, t, steps, warmup) for t in points],
+      rtol=1e-5, atol=1e-9)  # float32 rounding of the decay
+  # The step down after warmup is BERT's: the decay started at step 0.
+  if warmup:
+    np.testing.assert_allclose(float(schedule(warmup)),
+                               1e-3 * (1 - warmup / steps), rtol=1e-5)
 
 
 def _learning_rates(warmup_steps, num_train_steps, steps):
@@ -46,11 +60,11 @@ def _learning_rates(warmup_steps, num_train_steps, steps):
 
 def test_schedule_follows_the_warmup_field():
   # -1 over 1000 steps: the formula's 100 steps.
-  np.testing.assert_allclose(_learning_rates(-1, 1000, [0, 50, 100, 550]),
-                             [0.0, 0.5, 1.0, 0.5], atol=1e-6)
-  # 10 explicit steps: peak at 10, then 990 steps down to 0.
-  np.testing.assert_allclose(_learning_rates(10, 1000, [0, 5, 10, 505]),
-                             [0.0, 0.5, 1.0, 0.5], atol=1e-6)
+  np.testing.assert_allclose(_learning_rates(-1, 1000, [0, 50, 99, 100, 500]),
+                             [0.0, 0.5, 0.99, 0.9, 0.5], atol=1e-6)
+  # 10 explicit steps: the ramp ends at step 10, then the decay from step 0.
+  np.testing.assert_allclose(_learning_rates(10, 1000, [0, 5, 10, 500]),
+                             [0.0, 0.5, 0.99, 0.5], atol=1e-6)
   # No warmup: the peak from step 0.
   np.testing.assert_allclose(_learning_rates(0, 1000, [0, 500, 1000]),
                              [1.0, 0.5, 0.0], atol=1e-6)

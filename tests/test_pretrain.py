@@ -12,6 +12,7 @@ from flax import nnx
 
 from conftest import CONFIGS
 
+from realm_jax import checkpointing
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
 from realm_jax import models
@@ -366,3 +367,35 @@ def test_fact_found_is_a_candidate_holding_the_masked_span(
   valid[0, 2] = False  # an unfilled slot does not count
   np.testing.assert_array_equal(
       pretrain_input.fact_found(corpus, batch, chosen, valid), [False, False])
+
+
+def test_index_query_embedder_searches_with_the_index_checkpoint(tmp_path):
+  """query_embedder='index': the retriever of the index's checkpoint step;
+  a step already deleted keeps the previous one (never raises)."""
+  manager = checkpointing.make_manager(
+      tmp_path / 'checkpoints', checkpointing.checkpoint_config(every_steps=1))
+  towers = {step: {'w': jnp.full((2, 3), float(step))} for step in (0, 5)}
+  for step, tower in towers.items():
+    checkpointing.save(manager, step, {'params': {'retriever': tower,
+                                                  'reader': {'b': 1.0}}},
+                       {'step': step}, force=True)
+  manager.wait_until_finished()
+  current = {'w': jnp.full((2, 3), 9.0)}
+  index_retriever = pretrain.IndexRetriever(manager)
+  for step in (0, 5, 0):
+    np.testing.assert_array_equal(
+        index_retriever.get(step, current)['w'], towers[step]['w'])
+  np.testing.assert_array_equal(index_retriever.get(3, current)['w'],
+                                towers[0]['w'])  # step 3 was never saved
+  assert pretrain.IndexRetriever(manager).get(3, current) is current
+
+
+def test_query_embedder_field_is_checked():
+  spec = importlib.util.spec_from_file_location('pretrain_config',
+                                                CONFIGS / 'pretrain.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('tiny')
+  config.query_embedder = 'stale'
+  with pytest.raises(config_lib.ConfigError, match=r'config\.query_embedder'):
+    pretrain.validate(config, num_devices=8)

@@ -26,6 +26,7 @@ import numpy as np
 from realm_jax import bert_import
 from realm_jax import checkpointing
 from realm_jax import cli
+from realm_jax import config_lib
 from realm_jax import models
 from realm_jax import sharding
 from realm_jax import trainer as trainer_lib
@@ -42,9 +43,43 @@ _READER_FIELDS = (*bert_import.ARCHITECTURE_FIELDS, 'span_hidden_size',
                   'max_span_width')
 
 
+QUERY_EMBEDDERS = ('current', 'index')
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   trainer_lib.validate(config, num_devices)
   pretrain_input.validate(config)
+  config_lib.check(config.query_embedder in QUERY_EMBEDDERS,
+                   'query_embedder', f'{config.query_embedder!r} is not one '
+                   f'of {QUERY_EMBEDDERS}')
+
+
+class IndexRetriever:
+  """query_embedder='index': the retriever of the checkpoint the served
+  index was embedded from (REALM's example generator), restored when the
+  index swaps. A second retriever in memory; when that checkpoint is
+  already gone (the builder fell more than the kept checkpoints behind),
+  the one before it keeps searching."""
+
+  def __init__(self, manager):
+    self._manager = manager
+    self._step = None
+    self._retriever = None
+
+  def get(self, step: int, current_retriever):
+    if step != self._step:
+      try:
+        self._retriever = checkpointing.restore_subtree(
+            self._manager, step, ('params', 'retriever'),
+            checkpointing.abstract(current_retriever))
+        self._step = step
+      except (FileNotFoundError, ValueError) as error:
+        logging.warning('query_embedder=index: checkpoint %d of the index '
+                        'is gone (%s); searching with step %s\'s retriever',
+                        step, error, self._step)
+        if self._retriever is None:
+          self._retriever = current_retriever
+    return self._retriever
 
 
 def salient_examples(config, corpus, workdir: epath.Path) -> epath.Path:
@@ -106,12 +141,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   handle.wait_until_ready(config.index.wait_seconds)
   first_row = jax.process_index() * (config.batch_size // jax.process_count())
   versions_used = set()
+  index_retriever = IndexRetriever(trainer.manager)
 
   def host_batch(step, params):
     handle.maybe_swap()  # between steps: never mid-step
     versions_used.add(handle.checkpoint_step)
     host = inputs.batch(step)
     queries = {k: host[k] for k in ('query_ids', 'query_mask')}
+    if config.query_embedder == 'index':
+      params = dict(params, retriever=index_retriever.get(
+          handle.checkpoint_step, params['retriever']))
     vectors = np.asarray(embed_queries(
         params, sharding.global_batch(queries, trainer.batch_sharding)))
     vectors = vectors[first_row:first_row + len(host['query_ids'])]
