@@ -58,13 +58,12 @@ class EvidencePairs:
     self.blocks = np.load(examples / 'block.npy')
     self.pieces = np.load(examples / 'pieces.npy')
     holders = collections.defaultdict(set)
-    self.spans = []
+    spans = []
     for block, (begin, end, start, stop) in zip(self.blocks, self.pieces):
-      span = tuple(corpus.body_tokens(int(block))[begin:end][start:stop])
-      self.spans.append(span)
-      holders[span].add(int(block))
+      spans.append(tuple(corpus.body_tokens(int(block))[begin:end][start:stop]))
+      holders[spans[-1]].add(int(block))
     self.others = [sorted(holders[span] - {int(block)})
-                   for span, block in zip(self.spans, self.blocks)]
+                   for span, block in zip(spans, self.blocks)]
     self.usable = np.array([i for i, o in enumerate(self.others) if o])
 
   def batch(self, rows, evidence: str, rng: np.random.Generator,

@@ -63,11 +63,13 @@ class IndexRetriever:
 
   def __init__(self, manager):
     self._manager = manager
-    self._step = None
+    self._step = None  # of the retriever held
+    self._asked = None  # the index step last asked for: one restore each
     self._retriever = None
 
   def get(self, step: int, current_retriever):
-    if step != self._step:
+    if step != self._asked:
+      self._asked = step
       try:
         self._retriever = checkpointing.restore_subtree(
             self._manager, step, ('params', 'retriever'),
@@ -141,14 +143,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   handle.wait_until_ready(config.index.wait_seconds)
   first_row = jax.process_index() * (config.batch_size // jax.process_count())
   versions_used = set()
-  index_retriever = IndexRetriever(trainer.manager)
+  index_retriever = (IndexRetriever(trainer.manager)
+                     if config.query_embedder == 'index' else None)
 
   def host_batch(step, params):
     handle.maybe_swap()  # between steps: never mid-step
     versions_used.add(handle.checkpoint_step)
     host = inputs.batch(step)
     queries = {k: host[k] for k in ('query_ids', 'query_mask')}
-    if config.query_embedder == 'index':
+    if index_retriever:
       params = dict(params, retriever=index_retriever.get(
           handle.checkpoint_step, params['retriever']))
     vectors = np.asarray(embed_queries(
