@@ -3,7 +3,8 @@ r"""realm-mlm --config=configs/mlm.py:tiny --workdir=/tmp/realm_mlm --config.cor
 BERT masked-LM pre-training of the reader (encoder + MLM head) on the corpus
 blocks: what REALM's knowledge-augmented encoder starts from (the paper
 uses BERT's MLM checkpoint; none ships in the package registries). 15% of
-the pieces predicted, 80/10/10; `whole_word` picks whole words. The last
+the pieces predicted, 80/10/10; `whole_word` picks whole words;
+`pair_query_len` > 0 trains on sentence pairs that teach copying. The last
 `eval_blocks` blocks are held out: MLM loss and accuracy on them (and the
 accuracy of always predicting the most frequent held-out piece) are logged
 every `eval_every_steps`.
@@ -36,6 +37,13 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   config.mask_rate = 0.15
   config.max_predictions = 20 if tiny else 45  # BERT: 20 at 128, 76 at 512
   config.whole_word = False
+  # > 0: sentence pairs, `[CLS] sentence [SEP] body [SEP]` as REALM's reader
+  # reads them, the sentence (at most this many pieces with [CLS] and
+  # [SEP]) one of the block's own with `pair_mask_rate` of its pieces
+  # predicted: it teaches the reader to copy from the body (inputs/mlm.py).
+  # 0: blocks alone, BERT's masked LM.
+  config.pair_query_len = 0
+  config.pair_mask_rate = 0.3
   config.head_warmup_steps = 0  # set when the BERT checkpoint has no head
   config.eval_blocks = 256 if tiny else 10_000
   config.eval_every_steps = 100 if tiny else 10_000

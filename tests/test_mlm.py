@@ -91,6 +91,90 @@ def test_whole_word_masking_takes_every_piece_of_a_word(corpus):
   assert whole_words > 10  # multi-piece words were masked
 
 
+def _unmasked(batch, row):
+  """The row's pieces with the predicted ones put back."""
+  ids = batch['token_ids'][row].copy()
+  weights = batch['mlm_weights'][row] > 0
+  ids[batch['mlm_positions'][row][weights]] = batch['mlm_targets'][row][
+      weights]
+  return ids
+
+
+def test_sentence_pairs_copy_a_sentence_of_the_block(corpus):
+  q = 24
+  inputs = _inputs(corpus, pair_query_len=q, pair_mask_rate=0.3)
+  tok = corpus.tokenizer
+  assert inputs.seq_len == q + 128
+  sentence_targets = body_targets = 0
+  for step in range(4):
+    batch = inputs.batch(step)
+    assert batch['token_ids'].shape == (16, q + 128)
+    for row, block in enumerate(inputs.block_ids(step)):
+      ids = _unmasked(batch, row)
+      query_len = int(np.flatnonzero(ids == tok.sep_id)[0]) + 1
+      sentence = ids[1:query_len - 1]
+      body = corpus.body_tokens(int(block))
+      bounds = [tuple(b) for b in corpus.sentence_bounds(int(block))]
+      # [CLS] one of the block's sentences [SEP] its body [SEP].
+      begins = [b for b, e in bounds
+                if np.array_equal(body[b:e][:q - 2], sentence)]
+      assert begins, (row, sentence)
+      real = int(batch['input_mask'][row].sum())
+      np.testing.assert_array_equal(ids[query_len:real - 1],
+                                    body[:real - 1 - query_len])
+      assert ids[0] == tok.cls_id and ids[real - 1] == tok.sep_id
+      np.testing.assert_array_equal(
+          batch['segment_ids'][row][:real],
+          (np.arange(real) >= query_len).astype(np.int32))
+      weights = batch['mlm_weights'][row] > 0
+      positions = batch['mlm_positions'][row][weights]
+      in_sentence = positions[positions < query_len - 1]
+      assert len(in_sentence) == min(20, max(1, round(len(sentence) * 0.3)))
+      assert (in_sentence >= 1).all()
+      # Every sentence piece predicted is still in the body, unmasked.
+      begin = begins[0]
+      copies = query_len + begin + in_sentence - 1
+      np.testing.assert_array_equal(batch['token_ids'][row][copies],
+                                    batch['mlm_targets'][row][weights][
+                                        :len(in_sentence)])
+      in_body = positions[positions >= query_len] - query_len
+      assert not ((in_body >= begin) & (in_body < begin + len(sentence))
+                  ).any()
+      sentence_targets += len(in_sentence)
+      body_targets += len(in_body)
+  assert sentence_targets > 100 and body_targets > 100
+  np.testing.assert_array_equal(
+      inputs.batch(2)['token_ids'],
+      _inputs(corpus, pair_query_len=q).batch(2)['token_ids'])
+
+
+def test_copy_eval_pairs_beside_the_block_and_the_null_document(corpus):
+  inputs = _inputs(corpus, pair_query_len=24)
+  own = inputs.copy_eval_batches(5, 'own')
+  null = inputs.copy_eval_batches(5, 'null')
+  assert len(own) == len(null) == 2
+  sep = corpus.tokenizer.sep_id
+  for a, b in zip(own, null):
+    for key in ('mlm_positions', 'mlm_targets', 'mlm_weights'):
+      np.testing.assert_array_equal(a[key], b[key])
+    for row in range(5):
+      if not a['mlm_weights'][row].any():
+        continue  # padding of the last batch
+      query_len = int(np.flatnonzero(a['token_ids'][row] == sep)[0]) + 1
+      np.testing.assert_array_equal(a['token_ids'][row][:query_len],
+                                    b['token_ids'][row][:query_len])
+      # Only sentence pieces are predicted; the null body is empty.
+      positions = a['mlm_positions'][row][a['mlm_weights'][row] > 0]
+      assert positions.max() < query_len - 1
+      assert int(b['input_mask'][row].sum()) == query_len + 1
+      assert int(a['input_mask'][row].sum()) > query_len + 1
+  np.testing.assert_array_equal(own[0]['token_ids'],
+                                inputs.copy_eval_batches(5, 'own')[0][
+                                    'token_ids'])
+  with pytest.raises(ValueError, match='pair_query_len'):
+    _inputs(corpus).copy_eval_batches(5, 'own')
+
+
 def _model():
   config = config_lib.model_config('tiny', vocab_size=60)
   config.update(num_layers=1, hidden_size=16, num_heads=2,

@@ -16,12 +16,23 @@ inputs: example p' = step * B + p of the global batch is block
 perm_e[p' mod n] (e the epoch) masked with its own generator seeded by
 (seed, p'), so a resumed run continues exactly and each host builds only its
 own rows.
+
+Sentence pairs (`pair_query_len` > 0): each example is instead what REALM's
+reader reads, `[CLS] sentence [SEP] body [SEP]` (blocks.reader_inputs), the
+sentence one of the block's own with `pair_mask_rate` of its pieces
+predicted, and the body masked as above except where it holds that
+sentence. Every sentence piece can be copied from the body: BERT's corpus
+teaches a reader to copy a name from its context, which REALM's reader
+needs, but a small corpus of short blocks does not (issue 12). The
+held-out `copy_eval_batches` predict the sentence's pieces alone, beside
+its block or the null document: the gap between the two is the copying.
 """
 import functools
 
 import numpy as np
 
 from realm_jax import corpus as corpus_lib
+from realm_jax.inputs import blocks as blocks_lib
 
 MLM_KEYS = ('token_ids', 'segment_ids', 'input_mask', 'mlm_positions',
             'mlm_targets', 'mlm_weights')
@@ -42,6 +53,7 @@ class MlmInput:
   def __init__(self, corpus: corpus_lib.Corpus, *, global_batch_size: int,
                seq_len: int, mask_rate: float, max_predictions: int,
                whole_word: bool, eval_blocks: int, seed: int,
+               pair_query_len: int = 0, pair_mask_rate: float = 0.3,
                process_index: int = 0, process_count: int = 1):
     if global_batch_size % process_count:
       raise ValueError(f'global batch {global_batch_size} does not split '
@@ -54,6 +66,11 @@ class MlmInput:
     self._local_batch = global_batch_size // process_count
     self._offset = process_index * self._local_batch
     self._seq_len = min(seq_len, corpus.block_len)
+    if pair_query_len and pair_query_len < 3:
+      raise ValueError(f'pair_query_len={pair_query_len}: a sentence needs '
+                       '[CLS] and [SEP] and one piece')
+    self._pair_query_len = pair_query_len
+    self._pair_rate = pair_mask_rate
     self._rate = mask_rate
     self._max_predictions = max_predictions
     self._seed = seed
@@ -85,14 +102,39 @@ class MlmInput:
                           np.arange(first, first + self._local_batch),
                           stream=3)
 
+  @property
+  def seq_len(self) -> int:
+    """The length of every example: a block, or a sentence and a body."""
+    return self._pair_query_len + self._seq_len
+
   def eval_batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
     """The held-out blocks, masked alike every call, in batches of
     `batch_size` (the last one padded with weightless rows)."""
+    return self._eval_batches(batch_size, self._examples, stream=4)
+
+  def copy_eval_batches(self, batch_size: int, evidence: str
+                        ) -> list[dict[str, np.ndarray]]:
+    """Held-out sentence pairs predicting only sentence pieces, beside the
+    sentence's block (`evidence='own'`) or the null document ('null'); the
+    same sentences and masks for both, every call."""
+    if not self._pair_query_len:
+      raise ValueError('copy_eval_batches needs pair_query_len > 0')
+    if evidence not in ('own', 'null'):
+      raise ValueError(f'evidence={evidence!r}: one of own, null')
+    def examples(ids, seeds, stream):
+      rows = [self._pair_example(int(i), np.random.default_rng(
+          (self._seed, int(s), stream)), body_masks=False,
+                                 null=evidence == 'null')
+              for i, s in zip(ids, seeds)]
+      return {key: np.stack([r[key] for r in rows]) for key in MLM_KEYS}
+    return self._eval_batches(batch_size, examples, stream=5)
+
+  def _eval_batches(self, batch_size, examples, stream):
     ids = np.arange(self._num_train, self._num_train + self._eval_blocks)
     batches = []
     for start in range(0, len(ids), batch_size):
       chunk = ids[start:start + batch_size]
-      batch = self._examples(chunk, chunk, stream=4)
+      batch = examples(chunk, chunk, stream=stream)
       if len(chunk) < batch_size:
         batch = {k: np.concatenate([v, np.zeros(
             (batch_size - len(chunk), *v.shape[1:]), v.dtype)])
@@ -101,11 +143,51 @@ class MlmInput:
     return batches
 
   def _examples(self, block_ids, seeds, stream: int) -> dict[str, np.ndarray]:
-    blocks = self._corpus.blocks(block_ids)
-    rows = [self._example({k: v[row] for k, v in blocks.items()},
-                          np.random.default_rng((self._seed, int(s), stream)))
-            for row, s in enumerate(seeds)]
+    rngs = [np.random.default_rng((self._seed, int(s), stream)) for s in seeds]
+    if self._pair_query_len:
+      rows = [self._pair_example(int(i), rng)
+              for i, rng in zip(block_ids, rngs)]
+    else:
+      blocks = self._corpus.blocks(block_ids)
+      rows = [self._example({k: v[row] for k, v in blocks.items()}, rng)
+              for row, rng in enumerate(rngs)]
     return {key: np.stack([r[key] for r in rows]) for key in MLM_KEYS}
+
+  def _pair_example(self, block_id: int, rng, body_masks: bool = True,
+                    null: bool = False) -> dict[str, np.ndarray]:
+    """`[CLS] sentence [SEP] body [SEP]` of one of the block's sentences:
+    pair_mask_rate of the sentence's pieces predicted, then (body_masks)
+    mask_rate of the body's outside that sentence, max_predictions in all.
+    `null`: the null document's empty body instead of the block's."""
+    tokenizer = self._corpus.tokenizer
+    bounds = self._corpus.sentence_bounds(block_id)
+    # Sentences inside the part of the body that fits (seq_len - 1 pieces
+    # at least, after the query), so that the copy is there to be read.
+    bounds = bounds[bounds[:, 1] <= self._seq_len - 1] if (
+        bounds[0, 1] <= self._seq_len - 1) else bounds[:1]
+    begin, end = (int(x) for x in bounds[rng.integers(len(bounds))])
+    sentence = self._corpus.body_tokens(block_id)[begin:end]
+    sentence = sentence[:self._pair_query_len - 2]
+    query = np.zeros((1, self._pair_query_len), np.int32)
+    query[0, :len(sentence) + 2] = [tokenizer.cls_id, *sentence,
+                                    tokenizer.sep_id]
+    query_mask = (np.arange(self._pair_query_len) < len(sentence) + 2)
+    reader = blocks_lib.reader_inputs(
+        self._corpus, query, query_mask[None].astype(np.int32),
+        np.array([[blocks_lib.NULL_BLOCK if null else block_id]]),
+        self.seq_len)
+    ids = reader['reader_ids'][0, 0]
+    in_sentence = np.arange(1, len(sentence) + 1)
+    chosen = self._choose(ids, in_sentence, rng, self._pair_rate,
+                          self._max_predictions)
+    if body_masks and len(chosen) < self._max_predictions:
+      start = int(reader['body_start'][0, 0])
+      body = np.arange(start, start + int(reader['body_len'][0, 0]))
+      body = body[(body - start < begin) | (body - start >= end)]
+      chosen = np.concatenate([chosen, self._choose(
+          ids, body, rng, self._rate, self._max_predictions - len(chosen))])
+    return self._masked(ids, reader['reader_segments'][0, 0],
+                        reader['reader_mask'][0, 0], chosen, rng)
 
   def _example(self, block, rng) -> dict[str, np.ndarray]:
     length = self._seq_len
@@ -115,8 +197,16 @@ class MlmInput:
       ids[-1] = self._sep
     candidates = np.array([i for i in range(int(mask.sum()))
                            if int(ids[i]) not in self._special])
+    chosen = self._choose(ids, candidates, rng, self._rate,
+                          self._max_predictions)
+    return self._masked(ids, block['segment_ids'][:length], mask, chosen, rng)
+
+  def _masked(self, ids, segment_ids, mask, chosen, rng
+              ) -> dict[str, np.ndarray]:
+    """The example predicting `chosen` (sorted or not): 80% [MASK], 10% a
+    random piece, 10% kept."""
+    chosen = np.sort(chosen)
     targets = ids.copy()
-    chosen = self._choose(ids, candidates, rng)
     action = rng.random(len(chosen))
     replaced = ids.copy()
     replaced[chosen[action < 0.8]] = self._mask_id
@@ -128,18 +218,18 @@ class MlmInput:
     weights = np.zeros(m, np.float32)
     positions[:len(chosen)] = chosen
     weights[:len(chosen)] = 1.0
-    return dict(token_ids=replaced, segment_ids=block['segment_ids'][:length],
+    return dict(token_ids=replaced, segment_ids=segment_ids,
                 input_mask=mask, mlm_positions=positions,
                 mlm_targets=targets[positions] * (weights > 0),
                 mlm_weights=weights)
 
-  def _choose(self, ids, candidates, rng) -> np.ndarray:
-    """Sorted positions to predict: mask_rate of the candidates, at least
-    one, at most max_predictions; whole words when asked."""
-    if not len(candidates):
+  def _choose(self, ids, candidates, rng, rate: float,
+              budget: int) -> np.ndarray:
+    """Sorted positions to predict: `rate` of the candidates, at least
+    one, at most `budget`; whole words when asked."""
+    if not len(candidates) or budget < 1:
       return np.zeros(0, np.int64)
-    count = min(self._max_predictions,
-                max(1, int(round(len(candidates) * self._rate))))
+    count = min(budget, max(1, int(round(len(candidates) * rate))))
     if self._continues is None:
       return np.sort(rng.choice(candidates, count, replace=False))
     words, current = [], []

@@ -3,8 +3,10 @@
   realm-mlm --config=configs/mlm.py:tiny --workdir=WORKDIR
 
 Trains the reader's encoder and MLM head (objectives/mlm.py) on the blocks
-of WORKDIR/corpus (or config.corpus_dir), holding the last `eval_blocks`
-out for MLM loss and accuracy. Sharded, resumable and logged like every
+of WORKDIR/corpus (or config.corpus_dir), or on sentence pairs of them
+(`pair_query_len`), holding the last `eval_blocks` out for MLM loss and
+accuracy (and, with pairs, the copy accuracy beside the block and beside
+the null document). Sharded, resumable and logged like every
 trainer. Its checkpoints start realm-ict (`init_from`), realm-pretrain
 (`init.reader_from`) and realm-finetune.
 """
@@ -39,6 +41,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                                                 num_devices)['data'])
   config_lib.check(0 <= config.head_warmup_steps < config.num_train_steps,
                    'head_warmup_steps', 'must be in [0, num_train_steps)')
+  config_lib.check(config.pair_query_len == 0 or config.pair_query_len >= 3,
+                   'pair_query_len', 'must be 0 (no pairs) or >= 3')
+  config_lib.check(
+      config.pair_query_len + config.seq_len
+      <= config.model.max_position_embeddings, 'pair_query_len',
+      f'{config.pair_query_len} + seq_len {config.seq_len} exceeds '
+      f'model.max_position_embeddings {config.model.max_position_embeddings}')
+  config_lib.check(0.0 < config.pair_mask_rate < 1.0, 'pair_mask_rate',
+                   'must be in (0, 1)')
 
 
 def frozen(path: tuple) -> bool:
@@ -47,13 +58,18 @@ def frozen(path: tuple) -> bool:
 
 
 def make_evaluate(trainer: trainer_lib.Trainer, inputs: mlm_input.MlmInput,
-                  batch_size: int):
+                  batch_size: int, pairs: bool):
   """evaluate(params) -> held-out loss, MLM accuracy, and the accuracy of
-  always predicting the held-out targets' most frequent piece."""
+  always predicting the held-out targets' most frequent piece; with
+  `pairs`, copy_accuracy / copy_null_accuracy: of the sentence pieces alone,
+  beside their block / the null document."""
   batches = inputs.eval_batches(batch_size)
   targets = Counter(t for b in batches for t, w in zip(
       b['mlm_targets'].ravel(), b['mlm_weights'].ravel()) if w)
   unigram = targets.most_common(1)[0][1] / sum(targets.values())
+  copy_batches = {name: inputs.copy_eval_batches(batch_size, evidence)
+                  for name, evidence in (('copy', 'own'),
+                                         ('copy_null', 'null'))} if pairs else {}
   rows = batch_size // jax.process_count()
   first = jax.process_index() * rows
   metrics_of = jax.jit(
@@ -61,7 +77,7 @@ def make_evaluate(trainer: trainer_lib.Trainer, inputs: mlm_input.MlmInput,
                                                trainer.graphdef)[1],
       in_shardings=(trainer.shardings['params'], trainer.batch_sharding))
 
-  def evaluate(params):
+  def totals_of(params, batches):
     totals = Counter()
     for batch in batches:
       host = {k: v[first:first + rows] for k, v in batch.items()}
@@ -73,8 +89,13 @@ def make_evaluate(trainer: trainer_lib.Trainer, inputs: mlm_input.MlmInput,
       totals['mlm_accuracy'] += float(metrics['mlm_accuracy']) * count
       totals['predictions'] += count
     count = max(totals.pop('predictions'), 1.0)
-    return {k: v / count for k, v in totals.items()} | dict(
-        unigram_accuracy=unigram)
+    return {k: v / count for k, v in totals.items()}
+
+  def evaluate(params):
+    metrics = totals_of(params, batches) | dict(unigram_accuracy=unigram)
+    for name, copy in copy_batches.items():
+      metrics[f'{name}_accuracy'] = totals_of(params, copy)['mlm_accuracy']
+    return metrics
   return evaluate
 
 
@@ -93,7 +114,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       corpus, global_batch_size=config.batch_size, seq_len=config.seq_len,
       mask_rate=config.mask_rate, max_predictions=config.max_predictions,
       whole_word=config.whole_word, eval_blocks=config.eval_blocks,
-      seed=config.seed, process_index=jax.process_index(),
+      seed=config.seed, pair_query_len=config.pair_query_len,
+      pair_mask_rate=config.pair_mask_rate, process_index=jax.process_index(),
       process_count=jax.process_count())
   rows = config.batch_size // jax.process_count()
 
@@ -105,7 +127,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   last = trainer.train(
       mlm_objective.loss, host_batch,
-      evaluate=make_evaluate(trainer, inputs, config.eval_batch_size),
+      evaluate=make_evaluate(trainer, inputs, config.eval_batch_size,
+                             pairs=config.pair_query_len > 0),
       eval_every_steps=config.eval_every_steps)
   trainer.close()
   return last
