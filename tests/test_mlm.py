@@ -1,13 +1,17 @@
 """realm-mlm: BERT masking, the masked-LM objective, the head's warm-up."""
+import importlib.util
+import json
 
 from flax import nnx
 import jax
 import numpy as np
 import pytest
 
+from conftest import CONFIGS
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
 from realm_jax import models
+from realm_jax.jobs import mlm
 from realm_jax.inputs import mlm as mlm_input
 from realm_jax.objectives import mlm as mlm_objective
 
@@ -173,6 +177,33 @@ def test_copy_eval_pairs_beside_the_block_and_the_null_document(corpus):
                                     'token_ids'])
   with pytest.raises(ValueError, match='pair_query_len'):
     _inputs(corpus).copy_eval_batches(5, 'own')
+
+
+def test_pair_training_logs_copy_accuracy_beside_block_and_null(
+    tiny_corpus_workdir, tmp_path):
+  spec = importlib.util.spec_from_file_location('mlm_config',
+                                                CONFIGS / 'mlm.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('tiny')
+  config.model.update(num_layers=1, hidden_size=32, num_heads=2,
+                      intermediate_size=64, vocab_size=1000)
+  config.update(corpus_dir=str(tiny_corpus_workdir / 'corpus'), seq_len=64,
+                pair_query_len=24, batch_size=8, eval_batch_size=8,
+                eval_blocks=16, num_train_steps=4, eval_every_steps=4,
+                log_every_steps=2)
+  mlm.train_and_evaluate(config, str(tmp_path))
+  rows = [json.loads(line) for line in (
+      tmp_path / 'logs' / 'mlm' / 'metrics.jsonl').read_text().splitlines()]
+  last = [r for r in rows if 'eval/copy_accuracy' in r][-1]
+  assert last['step'] == 4
+  for key in ('eval/mlm_accuracy', 'eval/copy_accuracy',
+              'eval/copy_null_accuracy'):
+    assert 0.0 <= last[key] <= 1.0
+  config.pair_query_len = (config.model.max_position_embeddings
+                           - config.seq_len + 1)  # past the positions
+  with pytest.raises(config_lib.ConfigError, match='config.pair_query_len'):
+    mlm.train_and_evaluate(config, str(tmp_path / 'bad'))
 
 
 def _model():
