@@ -29,6 +29,7 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -275,12 +276,81 @@ def _write_blocks(directory: pathlib.Path,
       wall_time_s=time.time() - start)
 
 
+def is_remote(path: str | os.PathLike[str]) -> bool:
+  """A `gs://` (or other `scheme://`) path: objects, not a local disk."""
+  return '://' in os.fspath(path)
+
+
+def is_committed(path: str | os.PathLike[str]) -> bool:
+  """Whether `atomic_folder` finished writing `path`: the folder exists on a
+  local disk; its manifest.json exists on a bucket (the commit object)."""
+  if is_remote(path):
+    return (epath.Path(path) / MANIFEST).exists()
+  return pathlib.Path(path).exists()
+
+
+def file_checksums(directory: pathlib.Path) -> dict[str, dict[str, Any]]:
+  """{name: {size, sha256}} of every file in `directory` but the manifest:
+  the manifest's `files`, which a reader of a remote folder checks."""
+  return {file.name: dict(size=file.stat().st_size, sha256=_sha256(file))
+          for file in sorted(directory.iterdir()) if file.name != MANIFEST}
+
+
+def _cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get(
+      'REALM_CACHE', pathlib.Path.home() / '.cache' / 'realm_jax'))
+
+
+def _copy_file(source: epath.PathLike, destination: epath.PathLike):
+  """Streams one file between any two of local disk and bucket (epath's own
+  copy works within one filesystem only)."""
+  with epath.Path(source).open('rb') as src, \
+      epath.Path(destination).open('wb') as dst:
+    shutil.copyfileobj(src, dst, 16 << 20)
+
+
+def _upload(staging: pathlib.Path, remote: epath.Path):
+  """Uploads a finished staging folder, its manifest last: on a bucket a
+  folder rename is a copy of every object, so the commit point is the one
+  small manifest.json object, which lists every other file's sha256."""
+  manifest = json.loads((staging / MANIFEST).read_text())
+  names = sorted(f.name for f in staging.iterdir() if f.name != MANIFEST)
+  if sorted(manifest.get('files', {})) != names:
+    raise CorpusError(f'{staging / MANIFEST}: `files` lists '
+                      f'{sorted(manifest.get("files", {}))}, the folder holds '
+                      f'{names}')
+  # Uncommit first (readers see no folder rather than old and new mixed),
+  # then drop the old objects and a killed upload's leftovers.
+  (remote / MANIFEST).unlink(missing_ok=True)
+  if remote.exists():
+    remote.rmtree()
+  for name in names:
+    _copy_file(staging / name, remote / name)
+  _copy_file(staging / MANIFEST, remote / MANIFEST)
+
+
 @contextlib.contextmanager
 def atomic_folder(path: str | os.PathLike[str], overwrite: bool,
                   overwrite_hint: str) -> Iterator[pathlib.Path]:
-  """Yields `<path>.tmp` to fill; renames it to `path` once the block exits
-  cleanly, removes it if it raises. A crash leaves no partial folder, and
-  the next call cleans up after it."""
+  """Yields a local folder to fill, manifest.json last; `path` gets it only
+  if the block exits cleanly. A crash leaves no readable partial folder.
+
+  On a local disk the folder is `<path>.tmp`, renamed to `path` (the
+  rename commits; the next call cleans up after a crash). On a bucket
+  (gs://) it is a staging folder under $REALM_CACHE, uploaded at the end
+  with manifest.json last (the manifest commits: readers refuse a folder
+  without one); the manifest must then hold `files` (file_checksums).
+  """
+  if is_remote(path):
+    remote = epath.Path(path)
+    if is_committed(remote) and not overwrite:
+      raise FileExistsError(f'{path} exists; {overwrite_hint} to replace it')
+    _cache_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f'.staging-{remote.name}-',
+                                     dir=_cache_dir()) as staging:
+      yield pathlib.Path(staging)
+      _upload(pathlib.Path(staging), remote)
+    return
   path = pathlib.Path(path)
   if path.exists() and not overwrite:
     raise FileExistsError(f'{path} exists; {overwrite_hint} to replace it')
@@ -321,8 +391,9 @@ def write_corpus(path: str | os.PathLike[str],
   """Packs `docs` into blocks and writes them as a corpus folder at `path`.
 
   Streams: one shard of blocks at most is in memory. The folder is written
-  as `<path>.tmp` and renamed at the end, so a crash leaves no partial
-  corpus (and the next run removes the leftover). `source` describes the
+  by `atomic_folder`, so a crash leaves no partial corpus: on a local disk
+  `<path>.tmp` renamed at the end, on a bucket a local staging folder
+  uploaded with manifest.json (every file's sha256) last. `source` describes the
   input for the manifest; `fingerprint` is a hashlib object the readers of
   `docs` update with the bytes they read, its digest recorded once `docs`
   is consumed. Returns the manifest.
@@ -335,26 +406,55 @@ def write_corpus(path: str | os.PathLike[str],
     manifest['source'] = dict(source)
     if fingerprint is not None:
       manifest['source']['fingerprint'] = f'sha256:{fingerprint.hexdigest()}'
+    manifest['files'] = file_checksums(temporary)
     (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n')
   return manifest
 
 
-def local_copy(remote: str | os.PathLike[str]) -> pathlib.Path:
-  """A local copy of a remote (e.g. gs://) corpus: memory maps need local
-  files. Copied once per host into $REALM_CACHE (default ~/.cache/realm_jax),
-  keyed by the remote path and its manifest, via a temporary folder."""
+def local_copy(remote: str | os.PathLike[str],
+               kind: str = 'corpus') -> pathlib.Path:
+  """A local copy of a remote (e.g. gs://) folder written by `atomic_folder`
+  (a corpus, or an examples folder): memory maps need local files.
+
+  Copied once per host into $REALM_CACHE (default ~/.cache/realm_jax),
+  keyed by the remote path and its manifest, via a temporary folder. Only
+  a committed folder is read: its manifest.json must exist and list every
+  file, and each copied file must match the size and sha256 it lists.
+  """
   remote = epath.Path(remote)
-  manifest = (remote / MANIFEST).read_text()
+  manifest_file = remote / MANIFEST
+  try:
+    manifest = manifest_file.read_text()
+    files = json.loads(manifest)['files']
+  except FileNotFoundError:
+    raise CorpusError(
+        f'{manifest_file} not found: {remote} is not a complete {kind} '
+        'folder (its writer did not finish, or never ran)') from None
+  except (ValueError, KeyError, TypeError) as error:
+    raise CorpusError(f'{manifest_file}: not a complete manifest (no '
+                      f'`files` list of every file: {error!r})') from None
   key = hashlib.sha256(f'{remote}\n{manifest}'.encode()).hexdigest()[:16]
-  cache = pathlib.Path(os.environ.get(
-      'REALM_CACHE', pathlib.Path.home() / '.cache' / 'realm_jax'))
-  local = cache / f'corpus-{key}'
+  local = _cache_dir() / f'{kind}-{key}'
   if not local.exists():
-    temporary = cache / f'.corpus-{key}.tmp-{os.getpid()}'
+    temporary = _cache_dir() / f'.{kind}-{key}.tmp-{os.getpid()}'
     temporary.mkdir(parents=True)
-    for file in tqdm.tqdm(list(remote.iterdir()), desc=f'copy {remote}'):
-      file.copy(epath.Path(temporary / file.name))
-    temporary.rename(local)
+    try:
+      for name, expected in tqdm.tqdm(files.items(), desc=f'copy {remote}'):
+        try:
+          _copy_file(remote / name, temporary / name)
+        except FileNotFoundError:
+          raise CorpusError(f'{remote / name} is missing; {manifest_file} '
+                            'lists it') from None
+        got = dict(size=(temporary / name).stat().st_size,
+                   sha256=_sha256(temporary / name))
+        if got != expected:
+          raise CorpusError(f'{remote / name}: {got}, {manifest_file} says '
+                            f'{expected}')
+      (temporary / MANIFEST).write_text(manifest)
+      temporary.rename(local)
+    except BaseException:
+      shutil.rmtree(temporary, ignore_errors=True)
+      raise
   return local
 
 
@@ -362,7 +462,7 @@ class Corpus:
   """A prepared corpus folder: blocks by global id, read memory-mapped."""
 
   def __init__(self, path: str | os.PathLike[str]):
-    if '://' in os.fspath(path):
+    if is_remote(path):
       path = local_copy(path)
     self.path = pathlib.Path(path)
     manifest_file = self.path / MANIFEST

@@ -39,9 +39,40 @@ def _duration(seconds: float) -> str:
   return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
 
 
+class _RewrittenObject:
+  """An appendable text file on a bucket, where objects cannot be appended
+  to (gcsfs turns mode 'a' into 'w'; a half-written object is not there):
+  it keeps the whole text, starting from the object's current one, and
+  rewrites the object at every flush. An upload replaces the object whole,
+  so a reader sees the last flushed text, never a cut line."""
+
+  def __init__(self, path: epath.Path):
+    self._path = path
+    self._text = [path.read_text()] if path.exists() else []
+    self._flushed = True
+
+  def write(self, text: str) -> None:
+    self._text.append(text)
+    self._flushed = False
+
+  def flush(self) -> None:
+    if not self._flushed:
+      self._text = [''.join(self._text)]
+      self._path.write_text(self._text[0])
+      self._flushed = True
+
+  def close(self) -> None:
+    self.flush()
+
+
 class MetricWriter:
   """Writes scalars to TensorBoard events, a JSON-lines file and, one line
-  per call, the console (above any progress bar)."""
+  per call, the console (above any progress bar).
+
+  A restarted job appends to its metrics.jsonl; on a bucket (gs://) the
+  object is rewritten whole at every write, as tensorboardX does for its
+  event files there.
+  """
 
   def __init__(self, logdir: epath.PathLike, num_steps: int | None = None):
     self._enabled = jax.process_index() == 0
@@ -50,7 +81,9 @@ class MetricWriter:
     if self._enabled:
       self.logdir.mkdir(parents=True, exist_ok=True)
       self._tb = tensorboardX.SummaryWriter(str(self.logdir))
-      self._jsonl = (self.logdir / 'metrics.jsonl').open('a')
+      jsonl = self.logdir / 'metrics.jsonl'
+      self._jsonl = (_RewrittenObject(jsonl) if '://' in str(self.logdir)
+                     else jsonl.open('a'))
 
   def write(self, step: int, scalars: Mapping[str, float],
             console: bool = True) -> None:

@@ -7,13 +7,37 @@ import sys
 # devices; single-device tests ask for a 1-device mesh explicitly.
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Read by gcsfs when it is imported; see tests/gcs_emulator.py.
+os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
+
+import itertools  # pylint: disable=g-import-not-at-top
 
 import pytest  # pylint: disable=g-import-not-at-top
+
+import gcs_emulator  # pylint: disable=g-import-not-at-top
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / 'configs'
 # bench/retrieval_eval.py: zero-shot recall, used by bench/ and the tests.
 sys.path.insert(0, str(REPO_ROOT / 'bench'))
+
+
+@pytest.fixture(scope='session')
+def gcs_emulator_host():
+  """An in-memory Cloud Storage emulator for the session (offline)."""
+  with gcs_emulator.emulated_gcs() as host:
+    yield host
+
+
+_bucket_numbers = itertools.count()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator_host) -> str:
+  """`gs://<bucket>`: a new, empty bucket on the emulator for each test."""
+  del gcs_emulator_host
+  yield gcs_emulator.create_bucket(f'test-bucket-{next(_bucket_numbers)}')
+  gcs_emulator.invalidate()
 
 
 @pytest.fixture(scope='session')

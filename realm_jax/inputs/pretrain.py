@@ -13,7 +13,8 @@ An examples folder holds
   pieces.npy     int32 [n, 4], per example: the sentence's (start, end) in
                  the block's body tokens, then the span's (start, end) word
                  pieces counted from the start of the sentence
-  manifest.json  counts, the annotator, the corpus it belongs to
+  manifest.json  counts, the annotator, the corpus it belongs to, and
+                 `files`: the size and sha256 of the two arrays
 one example per salient span, read memory-mapped.
 
 The batches are a pure function of (seed, step), as in ict_input: example p'
@@ -227,9 +228,10 @@ def prepare_examples(corpus: corpus_lib.Corpus,
   example is a span inside one sentence, covered exactly by word pieces that
   all fall in the sentence's first query_len - 2 (REALM drops spans whose
   mask would be truncated); the manifest counts every other span by the
-  reason it was dropped. One streaming pass
-  over the corpus, written to `<directory>.tmp` and renamed when complete,
-  so a crash leaves no partial folder. Returns the manifest.
+  reason it was dropped. One streaming pass over the corpus, written by
+  `corpus.atomic_folder` (`<directory>.tmp` renamed when complete; on a
+  bucket, staged locally and uploaded with manifest.json last), so a crash
+  leaves no partial folder. Returns the manifest.
   """
   if isinstance(annotator, str):
     annotator = salient_spans.load_annotator(annotator)
@@ -237,6 +239,7 @@ def prepare_examples(corpus: corpus_lib.Corpus,
                                 'pass overwrite=True') as temporary:
     manifest = _write_examples(corpus, temporary, annotator, query_len,
                                max_masks, batch_size)
+    manifest['files'] = corpus_lib.file_checksums(temporary)
     (temporary / MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n')
   return manifest
 
@@ -283,6 +286,8 @@ class PretrainInput:
     self._span_lengths = np.arange(1, 6)
     self._span_length_p = np.full(5, 1 / 5)
     if examples_dir is not None:
+      if corpus_lib.is_remote(examples_dir):  # memory maps need local files
+        examples_dir = corpus_lib.local_copy(examples_dir, 'examples')
       self._load_examples(pathlib.Path(examples_dir))
     elif masking == 'salient':
       raise ValueError("masking='salient' needs examples_dir (make it with "

@@ -4,7 +4,8 @@ r"""Prepares WORKDIR/corpus/: documents -> word-piece blocks, in shards.
 
 Trains a SentencePiece vocab on the first sentences of the input unless
 config.tokenizer.path names one, then packs every document into blocks
-(realm_jax.corpus) and writes them atomically.
+(realm_jax.corpus) and writes them atomically. WORKDIR may be a bucket
+(gs://): the corpus is then staged locally and uploaded, manifest.json last.
 """
 import hashlib
 import itertools
@@ -13,6 +14,7 @@ import tempfile
 from typing import Any
 
 from absl import logging
+from etils import epath
 import ml_collections
 
 from realm_jax import cli
@@ -64,11 +66,13 @@ def prepare_corpus(config: ml_collections.ConfigDict,
                    workdir: str) -> dict[str, Any]:
   """Writes WORKDIR/corpus/ as `config` says; returns its manifest."""
   validate(config)
-  path = pathlib.Path(workdir) / 'corpus'
-  if path.exists() and not config.corpus.overwrite:
+  # A bucket path (gs://) stays one: pathlib would make it a local `gs:/`.
+  path = epath.Path(workdir) / 'corpus'
+  if corpus_lib.is_committed(path) and not config.corpus.overwrite:
     raise FileExistsError(f'{path} exists; set config.corpus.overwrite=True '
                           'to replace it')
-  path.parent.mkdir(parents=True, exist_ok=True)
+  if not corpus_lib.is_remote(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory() as scratch:
     if config.tokenizer.path:
       tokenizer_file = pathlib.Path(config.tokenizer.path)
