@@ -20,10 +20,16 @@ another client (a subprocess, google-cloud-storage) can be invisible to
 `exists()` after its folder was listed. `invalidate()` drops both caches;
 the fixture calls it at start and end, tests call it after another process
 wrote to the bucket.
+
+tensorboardX's gs:// event writer (GCSRecordWriter) uploads its buffer
+again when collected, and its SummaryWriter's atexit hook keeps it alive
+until interpreter exit, after the emulator is gone: each would then retry
+for 120 s. At teardown that upload is turned off (in this process only).
 """
 import contextlib
 import os
 import socket
+import sys
 from collections.abc import Iterator
 
 _ENV = ('STORAGE_EMULATOR_HOST', 'FSSPEC_GS_TOKEN',
@@ -64,6 +70,9 @@ def emulated_gcs() -> Iterator[str]:
   try:
     yield host
   finally:
+    if 'tensorboardX.record_writer' in sys.modules:
+      sys.modules['tensorboardX.record_writer'].GCSRecordWriter.__del__ = (
+          lambda self: None)
     invalidate()
     if saved_conf is None:
       fsspec.config.conf.pop('gs', None)
