@@ -15,8 +15,10 @@ WORKDIR/corpus/ holds, for each shard `blocks-NNNNN`:
   .sentence_offsets.npy   int64 [n + 1], block i's rows of .sentences.npy
   .jsonl                  {"uid", "doc_id", "title", "text"} per block
   .jsonl_offsets.npy      int64 [n + 1], byte offset of each line
-and once: tokenizer.model and manifest.json. The .npy files are read
-memory-mapped, so a reader of a 13M-block corpus holds little in memory.
+and once: tokenizer.model and manifest.json (its `files`: every other
+file's size and sha256). The .npy files are read memory-mapped, so a reader
+of a 13M-block corpus holds little in memory; a corpus on a bucket (gs://)
+is copied to a local disk once per host first (`local_copy`).
 """
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 import array

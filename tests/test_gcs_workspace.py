@@ -2,13 +2,16 @@
 the corpus and examples writers commit with manifest.json, readers refuse
 an uncommitted folder, metrics.jsonl is readable after every step."""
 import json
+import pathlib
+import subprocess
+import sys
 
 from etils import epath
 import fsspec
 import numpy as np
 import pytest
 
-from conftest import _prepare_corpus_config
+from conftest import CONFIGS, _prepare_corpus_config
 import gcs_emulator
 from realm_jax import corpus
 from realm_jax import metrics
@@ -209,3 +212,22 @@ def test_metrics_jsonl_on_bucket(gcs_bucket):
       dict(step=5, loss=0.1)]
   assert any(name.startswith('events.out.tfevents')
              for name in _objects(logdir))  # tensorboardX's gs:// writer
+
+
+def test_cli_writes_into_the_bucket(gcs_bucket, cache, tmp_path, docs_jsonl):
+  """`realm-prepare-corpus --workdir=gs://...` (a subprocess: it reaches
+  the emulator through the environment the fixture set)."""
+  del cache
+  cli = pathlib.Path(sys.executable).parent / 'realm-prepare-corpus'
+  result = subprocess.run(
+      [str(cli), f'--config={CONFIGS / "prepare_corpus.py"}:tiny',
+       f'--workdir={gcs_bucket}/w', '--config.input.format=jsonl',
+       f'--config.input.paths={docs_jsonl}',
+       '--config.tokenizer.vocab_size=500'],
+      cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  gcs_emulator.invalidate()  # written by another process (gcs_emulator.py)
+  reader = corpus.Corpus(f'{gcs_bucket}/w/corpus')
+  assert reader.manifest['num_documents'] == 60
+  assert _objects(f'{gcs_bucket}/w') == {
+      f'corpus/{name}' for name in [corpus.MANIFEST, *reader.manifest['files']]}
