@@ -1,4 +1,5 @@
 """Shared test setup: 8 fake CPU devices, paths, and the shared-data rule."""
+import importlib.util
 import os
 import pathlib
 import sys
@@ -57,14 +58,24 @@ def shared_data() -> pathlib.Path:
   return path
 
 
-def _prepare_corpus_config():
-  """configs/prepare_corpus.py:tiny."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      'prepare_corpus_config', CONFIGS / 'prepare_corpus.py')
+def config_module(job: str):
+  """configs/<job>.py as a module, loaded from its file as the jobs'
+  `--config=configs/<job>.py:variant` flag loads it."""
+  spec = importlib.util.spec_from_file_location(f'{job}_config',
+                                                CONFIGS / f'{job}.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config('tiny')
+  return module
+
+
+def job_config(job: str, variant: str = 'tiny'):
+  """configs/<job>.py:<variant>, e.g. job_config('ict')."""
+  return config_module(job).get_config(variant)
+
+
+def _prepare_corpus_config():
+  """configs/prepare_corpus.py:tiny."""
+  return job_config('prepare_corpus')
 
 
 @pytest.fixture(scope='session')

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, REPO_ROOT
+from conftest import CONFIGS, REPO_ROOT, job_config
 from realm_jax.jobs import aot
 from realm_jax import config_lib
 from realm_jax import sharding
@@ -23,13 +23,6 @@ TINY = {'model.num_layers': 1, 'model.hidden_size': 32, 'model.num_heads': 2,
         'model.intermediate_size': 64, 'model.projection_size': 16,
         'lengths.joint_len': 128, 'mesh.model': 2}
 TINY_FLAGS = [f'--config.{k}={v}' for k, v in TINY.items()]
-
-
-def _config(path, variant):
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
 
 
 @pytest.mark.parametrize('name, chips, libtpu_name, wrap, per_host', [
@@ -54,9 +47,9 @@ def test_parse_topology_rejects(name):
 def test_cpu_fallback_compiles_both_programs(capsys):
   """The pod programs for a v4-16 mesh (8 chips; a builder host has 4) on
   the tests' 8 fake CPU devices; the compiled step runs."""
-  config = _config(CONFIGS / 'pretrain.py', 'tiny')
+  config = job_config('pretrain')
   config.update_from_flattened_dict(TINY)
-  builder = _config(CONFIGS / 'index_builder.py', 'tiny')
+  builder = job_config('index_builder')
   topology = aot.parse_topology('v4-16')
   fits, programs = aot.compile_all(config, builder, topology, topology, 'cpu')
   assert fits

@@ -266,15 +266,10 @@ def test_unsupported_config_is_named(checkpoint_dir, field, value):
 
 def test_prepare_corpus_with_the_checkpoint_vocab(checkpoint_dir, tmp_path):
   """Blocks tokenized with the BERT vocab, so blocks and model agree."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  from conftest import CONFIGS  # pylint: disable=g-import-not-at-top
+  from conftest import job_config  # pylint: disable=g-import-not-at-top
   from realm_jax import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
   from realm_jax.jobs import prepare_corpus  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      'prepare_corpus_config', CONFIGS / 'prepare_corpus.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
+  config = job_config('prepare_corpus')
   config.input.synthetic_docs = 30
   config.tokenizer.path = str(checkpoint_dir / 'vocab.txt')
   prepare_corpus.prepare_corpus(config, str(tmp_path))

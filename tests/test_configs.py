@@ -1,12 +1,11 @@
 """Every job config loads in every variant; bad configs name their field."""
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import CONFIGS, REPO_ROOT
+from conftest import CONFIGS, REPO_ROOT, config_module
 from realm_jax import config_lib
 from realm_jax.jobs import ict
 
@@ -15,9 +14,7 @@ JOBS = sorted(p.stem for p in CONFIGS.glob('*.py'))
 
 
 def load(job, variant):
-  spec = importlib.util.spec_from_file_location(job, CONFIGS / f'{job}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_module(job)
   return module, module.get_config(variant)
 
 

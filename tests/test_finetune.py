@@ -6,7 +6,6 @@ capital next to X; `realm-answer --corpus` then answers about countries
 that exist only in a second corpus (REALM App. C: swap the corpus, no
 retraining).
 """
-import importlib.util
 import json
 import os
 import random
@@ -16,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, REPO_ROOT
+from conftest import REPO_ROOT, job_config
 from realm_jax import corpus as corpus_lib
 from realm_jax.jobs import finetune
 from realm_jax.jobs import prepare_corpus
@@ -24,13 +23,6 @@ from realm_jax.jobs import prepare_corpus
 pytestmark = pytest.mark.slow
 _SYLLABLES = ('ka', 'lo', 'mi', 'ren', 'dor', 'ta', 'vel', 'sa', 'nor', 'bri',
               'el', 'gan', 'tho', 'ria', 'quin', 'mar', 'zu', 'bel')
-
-
-def _load_config(job, variant='tiny'):
-  spec = importlib.util.spec_from_file_location(job, CONFIGS / f'{job}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
 
 
 def _world(seed, num_docs):
@@ -60,7 +52,7 @@ def _write_jsonl(path, rows):
 
 def _prepare(workdir, docs, tokenizer_path):
   workdir.mkdir()
-  config = _load_config('prepare_corpus')
+  config = job_config('prepare_corpus')
   config.input.format = 'jsonl'
   config.input.paths = str(_write_jsonl(workdir / 'docs.jsonl', docs))
   config.tokenizer.path = tokenizer_path
@@ -70,7 +62,7 @@ def _prepare(workdir, docs, tokenizer_path):
 
 
 def _finetune_config(corpus_dir, train, steps, **overrides):
-  config = _load_config('finetune')
+  config = job_config('finetune')
   config.corpus_dir = str(corpus_dir)
   config.train_data = str(train)
   config.model.vocab_size = 1000

@@ -1,5 +1,4 @@
 """realm-finetune's start and resume: what it copies, freezes and indexes."""
-import importlib.util
 import json
 import shutil
 
@@ -7,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import CONFIGS
+from conftest import job_config
 from realm_jax import bert_import
 from realm_jax import checkpointing
 from realm_jax import corpus as corpus_lib
@@ -23,11 +22,7 @@ TINY_MODEL = dict(num_layers=1, hidden_size=32, num_heads=2,
 
 
 def _config(init_from, train, **overrides):
-  spec = importlib.util.spec_from_file_location('finetune_config',
-                                                CONFIGS / 'finetune.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
+  config = job_config('finetune')
   config.model.update(TINY_MODEL)
   config.init_from = str(init_from)
   config.train_data = str(train)

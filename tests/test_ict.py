@@ -1,5 +1,4 @@
 """Inverse Cloze Task: examples, loss, sharded training, resume."""
-import importlib.util
 import json
 
 import jax
@@ -7,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import CONFIGS
+from conftest import job_config
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
 from realm_jax import models
@@ -18,11 +17,7 @@ from realm_jax.retrieval import workspace
 
 
 def _ict_config(**overrides):
-  spec = importlib.util.spec_from_file_location('ict_config',
-                                                CONFIGS / 'ict.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
+  config = job_config('ict')
   config.model.update(num_layers=1, hidden_size=32, num_heads=2,
                       intermediate_size=64, projection_size=16,
                       vocab_size=1000)
@@ -231,11 +226,7 @@ def test_ict_from_bert_checkpoint_then_index(minilm_dir, minilm_corpus_workdir,
   assert 0 < np.abs(trained - original).max() < 1e-3
 
   # The index builder reads the 384-d width from the embeddings.
-  builder_config = importlib.util.module_from_spec(
-      spec := importlib.util.spec_from_file_location(
-          'builder_config', CONFIGS / 'index_builder.py'))
-  spec.loader.exec_module(builder_config)
-  builder_config = builder_config.get_config('tiny')
+  builder_config = job_config('index_builder')
   builder_config.update(embed_batch_size=8, chunk_blocks=64)
   builder.Builder(builder_config, str(workdir)).run(once=True)
   store = index_store.IndexStore(workdir / 'index')

@@ -7,13 +7,12 @@ test bed"): blocks of 128 pieces, no dropout, 10% warmup, mean pooling.
 REALM pre-training from them is not asserted to learn here, because at this
 scale it does not yet (README, The learning test bed; issue 12).
 """
-import importlib.util
 import json
 import os
 
 import pytest
 
-from conftest import CONFIGS
+from conftest import job_config
 import retrieval_eval  # bench/retrieval_eval.py
 from realm_jax import corpus as corpus_lib
 from realm_jax.jobs import ict
@@ -32,10 +31,7 @@ NO_DROPOUT = {'model.dropout_rate': 0.0, 'model.attention_dropout_rate': 0.0}
 
 
 def _config(job, **overrides):
-  spec = importlib.util.spec_from_file_location(job, CONFIGS / f'{job}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
+  config = job_config(job)
   config.update_from_flattened_dict(overrides)
   return config
 

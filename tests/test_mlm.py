@@ -1,5 +1,4 @@
 """realm-mlm: BERT masking, the masked-LM objective, the head's warm-up."""
-import importlib.util
 import json
 
 from flax import nnx
@@ -7,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import CONFIGS
+from conftest import job_config
 from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
 from realm_jax import models
@@ -181,11 +180,7 @@ def test_copy_eval_pairs_beside_the_block_and_the_null_document(corpus):
 
 def test_pair_training_logs_copy_accuracy_beside_block_and_null(
     tiny_corpus_workdir, tmp_path):
-  spec = importlib.util.spec_from_file_location('mlm_config',
-                                                CONFIGS / 'mlm.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
+  config = job_config('mlm')
   config.model.update(num_layers=1, hidden_size=32, num_heads=2,
                       intermediate_size=64, vocab_size=1000)
   config.update(corpus_dir=str(tiny_corpus_workdir / 'corpus'), seq_len=64,

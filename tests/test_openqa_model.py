@@ -1,6 +1,5 @@
 """Open-QA losses and span decoding against numpy written from the formulas."""
 import functools
-import importlib.util
 
 from flax import nnx
 import jax
@@ -9,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import CONFIGS
+from conftest import job_config
 from realm_jax import config_lib
 from realm_jax.jobs import finetune
 from realm_jax import models
@@ -131,11 +130,7 @@ def test_best_spans_decode_the_argmax(model_and_batch):
 
 
 def _finetune_config(closed_book=False):
-  spec = importlib.util.spec_from_file_location('finetune_config',
-                                                CONFIGS / 'finetune.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
+  config = job_config('finetune')
   config.closed_book = closed_book
   config.num_train_steps = 10
   return config

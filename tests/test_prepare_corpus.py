@@ -1,5 +1,4 @@
 """realm-prepare-corpus: configs, validation, the CLI, atomicity, real data."""
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -8,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, REPO_ROOT
+from conftest import REPO_ROOT, config_module
 from realm_jax import config_lib
 from realm_jax import corpus
 from realm_jax.jobs import prepare_corpus as prepare
@@ -16,11 +15,7 @@ CLI = pathlib.Path(sys.executable).parent / 'realm-prepare-corpus'
 
 
 def _load_config_module():
-  spec = importlib.util.spec_from_file_location(
-      'prepare_corpus_config', CONFIGS / 'prepare_corpus.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_module('prepare_corpus')
 
 
 prepare_config = _load_config_module()
