@@ -40,13 +40,18 @@
 #      is process N. ($TPU_WORKER_ID is set on GKE, not reliably in an ssh
 #      session on a TPU VM; it and then the hostname are the fallbacks.)
 #   5. Prints how to follow the logs, stop the jobs and delete the VMs.
+#   6. With --watch=SECONDS, stays in the foreground until the trainer
+#      writes WORKDIR/TRAINING_DONE, checking both VMs every SECONDS: a
+#      slice that was preempted (or deleted) is created again, gets the
+#      code and its job again, and the job resumes from WORKDIR.
 #
 # Re-running the same command is safe: existing VMs are reused, the code is
 # re-shipped and re-installed, and jobs still running are stopped (SIGTERM,
 # then the tmux session is killed) and restarted; both programs resume from
 # WORKDIR (the trainer from its latest checkpoint, the builder from its
-# finished chunks). That is also the recovery after a spot preemption,
-# once the preempted VM is deleted.
+# finished chunks). That is also the recovery after a spot preemption: a
+# VM found PREEMPTED is deleted and created again (by a re-run, or by
+# --watch without one).
 #
 # Cost knobs (docs/pod.md; builder sizing: docs/capacity_plan.md):
 #   --trainer-type   the trainer slice. REALM pre-trained on 64 TPUv3 cores
@@ -64,8 +69,10 @@
 #                    blocking anything. A smaller builder is cheaper and
 #                    staler; one larger than the refresh needs idles.
 #   --spot           spot VMs: much cheaper, but may be preempted at any time;
-#                    delete the preempted VM and re-run this command (both
-#                    jobs resume from WORKDIR).
+#                    run with --watch (e.g. in a tmux session on a small VM),
+#                    or re-run this command after a preemption: either
+#                    recreates the preempted slice and both jobs resume from
+#                    WORKDIR.
 #   --version        TPU software version (default tpu-ubuntu2204-base).
 # The gs:// bucket should be in the slices' region (egress and latency).
 set -euo pipefail
@@ -81,8 +88,8 @@ usage() {
 Usage: bash launch/$PROG --name=NAME --project=PROJECT --zone=ZONE
          --trainer-type=TYPE --builder-type=TYPE --workdir=gs://BUCKET/PATH
          [--version=VERSION] [--variant=tiny|base|large]
-         [--ict-workdir=gs://...] [--spot] [--skip-compile] [--dry-run]
-         [-- --config.x=y ...]
+         [--ict-workdir=gs://...] [--spot] [--watch=SECONDS]
+         [--skip-compile] [--dry-run] [-- --config.x=y ...]
 
 REALM pre-training on Cloud TPU: realm-pretrain on TPU VM NAME-trainer and
 realm-index-builder on TPU VM NAME-builder, sharing only the gs:// workdir.
@@ -98,6 +105,9 @@ realm-index-builder on TPU VM NAME-builder, sharing only the gs:// workdir.
   --ict-workdir   gs:// workdir of an ICT run to start the retriever from
                   (passed to the trainer as --config.init_from=)
   --spot          create spot VMs (cheaper, preemptible)
+  --watch         SECONDS: after starting, check both VMs every SECONDS
+                  until WORKDIR/TRAINING_DONE exists; a preempted slice is
+                  recreated and its job restarted (resumes from WORKDIR)
   --skip-compile  do not compile both programs for the slices first
   --dry-run       print every command instead of running it (no gcloud needed)
   --help          this message
@@ -145,7 +155,7 @@ run() {
 # ---------------------------------------------------------------- flags
 NAME='' PROJECT='' ZONE='' TRAINER_TYPE='' BUILDER_TYPE='' WORKDIR=''
 VERSION=tpu-ubuntu2204-base VARIANT=base ICT_WORKDIR='' SPOT=0 DRY_RUN=0
-SKIP_COMPILE=0
+SKIP_COMPILE=0 WATCH=0
 OVERRIDES=()
 
 set_flag() {
@@ -159,6 +169,7 @@ set_flag() {
     --workdir) WORKDIR=$2 ;;
     --variant) VARIANT=$2 ;;
     --ict-workdir) ICT_WORKDIR=$2 ;;
+    --watch) WATCH=$2 ;;
     *) die "unknown flag $1 (see --help)" ;;
   esac
 }
@@ -201,6 +212,8 @@ if [[ -n $ICT_WORKDIR ]]; then
     die "--ict-workdir must be a gs:// path (got '$ICT_WORKDIR')"
   ICT_WORKDIR=${ICT_WORKDIR%/}
 fi
+[[ $WATCH =~ ^[0-9]+(\.[0-9]+)?$ ]] ||
+  die "--watch must be a number of seconds (got '$WATCH')"
 case "$VARIANT" in tiny | base | large) ;;
   *) die "--variant must be tiny, base or large (got '$VARIANT')" ;; esac
 CORPUS_DIR=$WORKDIR/corpus
@@ -277,7 +290,11 @@ ensure_slice() {
   case "$state" in
     READY) echo "# reusing $vm (READY)" ;;
     STOPPED) run "${TPU[@]}" start "$vm" "${WHERE[@]}" ;;
-    *) die "$vm is $state; if it was preempted, delete it (${TPU[*]} delete $vm ${WHERE[*]} --quiet) and re-run" ;;
+    PREEMPTED | TERMINATED)  # cannot be restarted, only replaced
+      echo "# $vm is $state: deleting it and creating it again"
+      run "${TPU[@]}" delete "$vm" "${WHERE[@]}" --quiet
+      ensure_slice "$vm" "$type" ;;
+    *) die "$vm is $state; wait for it, or delete it (${TPU[*]} delete $vm ${WHERE[*]} --quiet) and re-run" ;;
   esac
 }
 ensure_slice "$TRAINER_VM" "$TRAINER_TYPE"
@@ -316,10 +333,12 @@ PYTHON=\$PY bash launch/install.sh
 .venv/bin/pip install --quiet -e ".[tpu]"
 EOF
 
-for vm in "$BUILDER_VM" "$TRAINER_VM"; do
-  run "${TPU[@]}" scp "$TARBALL" "$vm:$TARBALL_NAME" "${WHERE[@]}" --worker=all
-  run "${TPU[@]}" ssh "$vm" "${WHERE[@]}" --worker=all --command="$INSTALL"
-done
+install_on() {  # VM
+  run "${TPU[@]}" scp "$TARBALL" "$1:$TARBALL_NAME" "${WHERE[@]}" --worker=all
+  run "${TPU[@]}" ssh "$1" "${WHERE[@]}" --worker=all --command="$INSTALL"
+}
+install_on "$BUILDER_VM"
+install_on "$TRAINER_VM"
 
 # ------------------------------------------------------------ 4. the jobs
 # The remote command for one job on every worker of a slice: find the
@@ -352,11 +371,17 @@ fi
 TRAINER_ARGS=(--config="configs/pretrain.py:$VARIANT" --workdir="$WORKDIR"
   "${INIT_FROM[@]}" "${OVERRIDES[@]}")
 
+start_builder() {
+  run "${TPU[@]}" ssh "$BUILDER_VM" "${WHERE[@]}" --worker=all \
+    --command="$(job_command builder realm-index-builder "${BUILDER_ARGS[@]}")"
+}
+start_trainer() {
+  run "${TPU[@]}" ssh "$TRAINER_VM" "${WHERE[@]}" --worker=all \
+    --command="$(job_command trainer realm-pretrain "${TRAINER_ARGS[@]}")"
+}
 echo "# 4. Start the index builder on $BUILDER_VM, the trainer on $TRAINER_VM"
-run "${TPU[@]}" ssh "$BUILDER_VM" "${WHERE[@]}" --worker=all \
-  --command="$(job_command builder realm-index-builder "${BUILDER_ARGS[@]}")"
-run "${TPU[@]}" ssh "$TRAINER_VM" "${WHERE[@]}" --worker=all \
-  --command="$(job_command trainer realm-pretrain "${TRAINER_ARGS[@]}")"
+start_builder
+start_trainer
 
 # ------------------------------------------------------------- 5. how-to
 ssh_hint() {  # VM WORKER COMMAND
@@ -379,3 +404,39 @@ Delete the VMs (they are billed until deleted; the workdir stays):
   ${TPU[*]} delete $TRAINER_VM ${WHERE[*]} --quiet
   ${TPU[*]} delete $BUILDER_VM ${WHERE[*]} --quiet
 EOF
+
+# ------------------------------------------------------------ 6. --watch
+if [[ $WATCH =~ ^0*(\.0*)?$ ]] || (( DRY_RUN )); then
+  if [[ ! $WATCH =~ ^0*(\.0*)?$ ]]; then
+    echo "# 6. (dry run) would check both VMs every ${WATCH}s until $WORKDIR/TRAINING_DONE exists"
+  fi
+  exit 0
+fi
+# The state of a VM, or NOT_FOUND (deleted, or the describe call failed).
+vm_state() {
+  local found
+  found=$("${TPU[@]}" describe "$1" "${WHERE[@]}" \
+    --format='value(acceleratorType.basename(),state)' 2>/dev/null) || found=''
+  if [[ -z $found ]]; then echo NOT_FOUND; else echo "${found##*[[:space:]]}"; fi
+}
+echo "# 6. Watching $TRAINER_VM and $BUILDER_VM every ${WATCH}s until $WORKDIR/TRAINING_DONE"
+while ! gcloud storage ls "$WORKDIR/TRAINING_DONE" >/dev/null 2>&1; do
+  for vm in "$BUILDER_VM" "$TRAINER_VM"; do
+    state=$(vm_state "$vm")
+    case "$state" in
+      READY | CREATING | STARTING | RESTARTING | REPAIRING | STOPPING | DELETING)
+        continue ;;  # up, or on its way somewhere: look again next time
+    esac
+    # PREEMPTED, STOPPED, NOT_FOUND, ...: bring the slice back and restart
+    # its job, which resumes from WORKDIR. In a subshell, so that a failure
+    # (die included) is retried next time instead of ending the watch.
+    echo "# $(date -u +%FT%TZ) $vm is $state: bringing it back"
+    if [[ $vm == "$TRAINER_VM" ]]; then
+      (ensure_slice "$vm" "$TRAINER_TYPE" && install_on "$vm" && start_trainer)
+    else
+      (ensure_slice "$vm" "$BUILDER_TYPE" && install_on "$vm" && start_builder)
+    fi || echo "# bringing $vm back failed; trying again in ${WATCH}s" >&2
+  done
+  sleep "$WATCH"
+done
+echo "# $WORKDIR/TRAINING_DONE exists: training finished; delete the VMs (above)"

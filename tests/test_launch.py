@@ -221,12 +221,32 @@ def test_job_command_runs_program_with_exact_arguments(dry_run, tmp_path):
   assert f'distributed=1 cwd={home / "realm_jax"}' in log
 
 
+# VMs live in $FAKE_DIR/tpus/NAME ("TYPE<tab>STATE"; empty once deleted),
+# else in $FAKE_TPUS (NAME=TYPE=STATE ...). Polls of TRAINING_DONE are
+# counted: at poll $FAKE_PREEMPT_AT the trainer VM is preempted, from poll
+# $FAKE_DONE_AT on the object exists.
 FAKE_GCLOUD = r'''#!/usr/bin/env bash
 all="$*"
 printf '%s\n' "${all//$'\n'/ }" >> "$FAKE_DIR/calls"
+vm_file=$FAKE_DIR/tpus/${5:-none}
 case "$1 $4" in
-  'storage '*) [[ -z ${FAKE_NO_CORPUS:-} ]] ;;
+  'storage '*)
+    if [[ $3 == */TRAINING_DONE ]]; then
+      n=$(( $(cat "$FAKE_DIR/polls" 2>/dev/null || echo 0) + 1 ))
+      echo "$n" > "$FAKE_DIR/polls"
+      if [[ $n == "${FAKE_PREEMPT_AT:-}" ]]; then
+        sed -i 's/READY$/PREEMPTED/' "$FAKE_DIR/tpus/realm1-trainer"
+      fi
+      (( n >= ${FAKE_DONE_AT:-1} ))
+    else
+      [[ -z ${FAKE_NO_CORPUS:-} ]]
+    fi ;;
+  *' create')
+    for a in "$@"; do [[ $a == --accelerator-type=* ]] && type=${a#*=}; done
+    printf '%s\tREADY\n' "$type" > "$vm_file" ;;
+  *' delete') : > "$vm_file" ;;
   *' describe')
+    if [[ -f $vm_file ]]; then [[ -s $vm_file ]] && cat "$vm_file"; exit; fi
     for entry in ${FAKE_TPUS:-}; do
       if [[ ${entry%%=*} == "$5" ]]; then
         printf '%s\t%s\n' "$(cut -d= -f2 <<<"$entry")" "${entry##*=}"
@@ -259,7 +279,7 @@ def fake_cloud(tmp_path):
   (repo / 'tracked.txt').write_text('edited, not committed\n')
   (repo / 'untracked.txt').write_text('not shipped\n')
   fake = tmp_path / 'fake'
-  fake.mkdir()
+  (fake / 'tpus').mkdir(parents=True)
   (fake / 'calls').touch()
   (fake / 'gcloud').write_text(FAKE_GCLOUD)
   (fake / 'gcloud').chmod(0o755)
@@ -347,6 +367,48 @@ def test_real_run_refuses_a_slice_of_another_type(fake_cloud):
   assert not any('create' in c for c in calls)
 
 
+def test_real_run_replaces_a_preempted_slice(fake_cloud):
+  run, _, _ = fake_cloud
+  done, calls = run(env={'FAKE_TPUS': 'realm1-trainer=v4-64=PREEMPTED'},
+                    args=('--skip-compile', '--spot'))
+  assert done.returncode == 0, done.stderr
+  trainer = [c.split()[3] for c in calls if ' realm1-trainer' in c]
+  assert trainer[:4] == ['describe', 'delete', 'describe', 'create']
+  (create,) = [c for c in calls if c.startswith('compute tpus tpu-vm create '
+                                                'realm1-trainer')]
+  assert '--accelerator-type=v4-64' in create and '--spot' in create
+  assert 'realm1-trainer is PREEMPTED: deleting it' in done.stdout
+
+
+def test_watch_brings_a_preempted_trainer_back_until_training_done(
+    fake_cloud):
+  """--watch: the trainer VM is preempted after the start (poll 1); the
+  watcher recreates it, ships and installs the code and starts the trainer
+  again, leaves the builder alone, and returns when TRAINING_DONE appears
+  (poll 3)."""
+  run, _, fake = fake_cloud
+  done, calls = run(env={'FAKE_PREEMPT_AT': '1', 'FAKE_DONE_AT': '3'},
+                    args=('--skip-compile', '--spot', '--watch=0.01'))
+  assert done.returncode == 0, done.stderr
+  assert (fake / 'polls').read_text().strip() == '3'
+  first_poll = next(i for i, c in enumerate(calls) if 'TRAINING_DONE' in c)
+  assert len(calls[:first_poll]) == 11  # the launch itself, as without --watch
+  after = [' '.join(c.split()[3:5]) if c.startswith('compute') else c
+           for c in calls[first_poll:]]
+  recreated = after.index('delete realm1-trainer')
+  assert after[recreated + 1:recreated + 6] == [
+      'describe realm1-trainer', 'create realm1-trainer',
+      'scp ' + next(c.split()[4] for c in calls if ' scp ' in c),
+      'ssh realm1-trainer', 'ssh realm1-trainer']
+  restart = calls[first_poll + recreated + 5]
+  assert 'realm-pretrain' in restart and '--config.init_from' not in restart
+  assert not any('delete realm1-builder' in a or 'create realm1-builder' in a
+                 for a in after)
+  assert 'realm1-trainer is PREEMPTED: bringing it back' in done.stdout
+  assert 'TRAINING_DONE exists: training finished' in done.stdout
+  assert (fake / 'tpus' / 'realm1-trainer').read_text() == 'v4-64\tREADY\n'
+
+
 def test_real_run_without_corpus_creates_nothing(fake_cloud):
   run, _, _ = fake_cloud
   done, calls = run(env={'FAKE_NO_CORPUS': '1'})
@@ -376,6 +438,7 @@ def test_missing_required_flag_is_named(missing, tmp_path):
     (['--variant=huge'], '--variant must be tiny, base or large'),
     (['--ict-workdir=/local/ict'], '--ict-workdir must be a gs:// path'),
     (['--no-such-flag=1'], 'unknown flag --no-such-flag'),
+    (['--watch=soon'], '--watch must be a number of seconds'),
     (['--', 'positional'], 'must be flags such as --config.x=y'),
 ])
 def test_bad_flags_fail_clearly(args, message, tmp_path):
@@ -390,7 +453,8 @@ def test_help_exits_zero(tmp_path):
   assert done.returncode == 0
   assert 'Usage: bash launch/tpu_pretrain.sh' in done.stdout
   for flag in ('--name', '--trainer-type', '--builder-type', '--workdir',
-               '--ict-workdir', '--spot', '--dry-run', '--variant'):
+               '--ict-workdir', '--spot', '--dry-run', '--variant',
+               '--watch'):
     assert flag in done.stdout
 
 
