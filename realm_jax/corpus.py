@@ -298,12 +298,12 @@ def file_checksums(directory: pathlib.Path) -> dict[str, dict[str, Any]]:
           for file in sorted(directory.iterdir()) if file.name != MANIFEST}
 
 
-def _cache_dir() -> pathlib.Path:
+def cache_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get(
       'REALM_CACHE', pathlib.Path.home() / '.cache' / 'realm_jax'))
 
 
-def _copy_file(source: epath.PathLike, destination: epath.PathLike):
+def copy_file(source: epath.PathLike, destination: epath.PathLike):
   """Streams one file between any two of local disk and bucket (epath's own
   copy works within one filesystem only)."""
   with epath.Path(source).open('rb') as src, \
@@ -327,8 +327,8 @@ def _upload(staging: pathlib.Path, remote: epath.Path):
   if remote.exists():
     remote.rmtree()
   for name in names:
-    _copy_file(staging / name, remote / name)
-  _copy_file(staging / MANIFEST, remote / MANIFEST)
+    copy_file(staging / name, remote / name)
+  copy_file(staging / MANIFEST, remote / MANIFEST)
 
 
 @contextlib.contextmanager
@@ -347,9 +347,9 @@ def atomic_folder(path: str | os.PathLike[str], overwrite: bool,
     remote = epath.Path(path)
     if is_committed(remote) and not overwrite:
       raise FileExistsError(f'{path} exists; {overwrite_hint} to replace it')
-    _cache_dir().mkdir(parents=True, exist_ok=True)
+    cache_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f'.staging-{remote.name}-',
-                                     dir=_cache_dir()) as staging:
+                                     dir=cache_dir()) as staging:
       yield pathlib.Path(staging)
       _upload(pathlib.Path(staging), remote)
     return
@@ -436,14 +436,14 @@ def local_copy(remote: str | os.PathLike[str],
     raise CorpusError(f'{manifest_file}: not a complete manifest (no '
                       f'`files` list of every file: {error!r})') from None
   key = hashlib.sha256(f'{remote}\n{manifest}'.encode()).hexdigest()[:16]
-  local = _cache_dir() / f'{kind}-{key}'
+  local = cache_dir() / f'{kind}-{key}'
   if not local.exists():
-    temporary = _cache_dir() / f'.{kind}-{key}.tmp-{os.getpid()}'
+    temporary = cache_dir() / f'.{kind}-{key}.tmp-{os.getpid()}'
     temporary.mkdir(parents=True)
     try:
       for name, expected in tqdm.tqdm(files.items(), desc=f'copy {remote}'):
         try:
-          _copy_file(remote / name, temporary / name)
+          copy_file(remote / name, temporary / name)
         except FileNotFoundError:
           raise CorpusError(f'{remote / name} is missing; {manifest_file} '
                             'lists it') from None

@@ -9,6 +9,9 @@ it through their own emulator settings:
   requests there. It is inherited by subprocesses (the CLI tests).
 - FSSPEC_GS_TOKEN=anon (and fsspec's config for this process): no
   credentials are looked for (no metadata-server probe).
+- TENSORSTORE_GCS_HTTP_URL (and GOOGLE_AUTH_TOKEN_FOR_TESTING, a dummy
+  bearer token: no credentials are looked for): TensorStore's gcs driver,
+  hence orbax's checkpoint arrays, sends its requests there.
 - GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false: gcsfs >= 2026 otherwise asks
   the Storage Control gRPC API for each bucket's type, which the emulator
   does not serve (each call then waits out a 60 s timeout before falling
@@ -33,7 +36,8 @@ import sys
 from collections.abc import Iterator
 
 _ENV = ('STORAGE_EMULATOR_HOST', 'FSSPEC_GS_TOKEN',
-        'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT')
+        'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'TENSORSTORE_GCS_HTTP_URL',
+        'GOOGLE_AUTH_TOKEN_FOR_TESTING')
 
 
 def _free_port() -> int:
@@ -64,7 +68,9 @@ def emulated_gcs() -> Iterator[str]:
   saved_conf = fsspec.config.conf.get('gs')
   host = f'http://127.0.0.1:{port}'
   os.environ.update(STORAGE_EMULATOR_HOST=host, FSSPEC_GS_TOKEN='anon',
-                    GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false')
+                    GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false',
+                    TENSORSTORE_GCS_HTTP_URL=host,
+                    GOOGLE_AUTH_TOKEN_FOR_TESTING='emulator')
   fsspec.config.conf['gs'] = dict(saved_conf or {}, token='anon')
   invalidate()  # an instance made before would talk to the real service
   try:

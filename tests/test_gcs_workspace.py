@@ -113,7 +113,7 @@ def test_uncommitted_corpus_is_refused(gcs_bucket, cache, docs_jsonl,
                                        monkeypatch):
   workdir = f'{gcs_bucket}/w'
   path = f'{workdir}/corpus'
-  copy_file, uploads = corpus._copy_file, []  # pylint: disable=protected-access
+  copy_file, uploads = corpus.copy_file, []
 
   def dying_copy(source, destination):
     if len(uploads) == 3:
@@ -121,10 +121,10 @@ def test_uncommitted_corpus_is_refused(gcs_bucket, cache, docs_jsonl,
     uploads.append(destination)
     copy_file(source, destination)
 
-  monkeypatch.setattr(corpus, '_copy_file', dying_copy)
+  monkeypatch.setattr(corpus, 'copy_file', dying_copy)
   with pytest.raises(_Killed):
     prepare_corpus.prepare_corpus(_config(docs_jsonl), workdir)
-  monkeypatch.setattr(corpus, '_copy_file', copy_file)
+  monkeypatch.setattr(corpus, 'copy_file', copy_file)
   left = _objects(workdir)
   assert len(left) == 3 and f'corpus/{corpus.MANIFEST}' not in left
   with pytest.raises(corpus.CorpusError,
