@@ -16,8 +16,12 @@ workspace directory (WORKSPACE.md). The protocol, step by step:
    several hosts host h embeds chunks c with c mod hosts == h and process 0
    waits for every marker.
 4. Process 0 builds the MIPS index (mips.py: exact, or ScaNN), saves it
-   under building/step-N/index with a manifest of every file's checksum,
-   reloads it, runs a search check and renames the folder to index/step-N.
+   with a manifest of every file's checksum, reloads it and runs a search
+   check. The version counts once its manifest.json is in place: on a local
+   disk the folder, made under building/step-N/index, is renamed to
+   index/step-N; on a bucket it is made in a local staging folder and
+   uploaded to index/step-N with manifest.json last. A folder without a
+   valid manifest (a killed upload) is saved again by the next run.
 5. Only then is LATEST replaced (a temporary file renamed over it): before
    the rename readers see the previous version, after it the new one.
 6. Versions beyond keep_versions are deleted, oldest first - never the one
@@ -26,7 +30,7 @@ workspace directory (WORKSPACE.md). The protocol, step by step:
    background thread, verifies a new version's checksums and shapes, loads
    it off the training thread and swaps it in when the trainer calls
    maybe_swap() between steps; it renews a lease naming the versions it
-   holds. A missing, partial or corrupt version is never loaded.
+   holds. An uncommitted, partial or corrupt version is never loaded.
 8. The trainer writes TRAINING_DONE when it finishes; the builder exits once
    the last checkpoint is indexed.
 """

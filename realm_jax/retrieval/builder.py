@@ -3,7 +3,7 @@
 Loop: wait for a checkpoint newer than the newest index -> restore only the
 document tower -> embed every block in resumable chunks (each host its
 share, jitted and sharded over its local devices) -> build the MIPS index
--> publish it (save, checksum, verify, rename, flip LATEST) -> delete old
+-> publish it (save, checksum, verify, commit, flip LATEST) -> delete old
 versions. Stops on WORKDIR/TRAINING_DONE once the last checkpoint is
 indexed, or on SIGTERM (between batches; the build resumes on restart).
 

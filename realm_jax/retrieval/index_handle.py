@@ -4,8 +4,9 @@ A background thread polls the LATEST pointer; when it names a new version,
 the thread loads and verifies it (checksums, shapes) off the training
 thread and parks it. The trainer calls `maybe_swap()` between steps, which
 makes the parked version current: a reference swap, no I/O, no stall.
-A missing, partial or corrupt version is logged and never loaded; the
-handle keeps serving the version it has.
+A version without its commit object (manifest.json), partial or corrupt
+is logged and never loaded; the handle keeps serving the version it has.
+On a bucket it loads from a local copy verified against the manifest.
 """
 import os
 import socket
@@ -78,9 +79,11 @@ class IndexHandle:
     try:
       loaded = self.store.load(version, devices=self._devices)
     except Exception as e:  # pylint: disable=broad-except
-      # Corrupt or half-deleted: keep serving what we have.
+      # Uncommitted, corrupt or half-deleted: keep serving what we have.
+      # Other errors (a bucket's network) are retried at the next poll.
       logging.error('Refusing index version %s: %s', version, e)
-      self._rejected.add(version)
+      if isinstance(e, index_store.IndexVersionError):
+        self._rejected.add(version)
       return False
     with self._lock:
       self._pending = loaded
