@@ -1,0 +1,295 @@
+"""Index versions and checkpoints in a gs:// workspace, through the offline
+Cloud Storage emulator: a version counts only once its manifest.json (the
+commit object, uploaded last) exists and matches; readers load a verified
+local copy; orbax checkpoints go through TensorStore's gcs driver."""
+import json
+
+from etils import epath
+from flax import nnx
+import fsspec
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import CONFIGS
+import gcs_emulator
+from realm_jax import checkpointing
+from realm_jax import corpus as corpus_lib
+from realm_jax.retrieval import builder as builder_lib
+from realm_jax.retrieval import embedding
+from realm_jax.retrieval import index_handle
+from realm_jax.retrieval import index_store
+from realm_jax.retrieval import mips
+from realm_jax.retrieval import workspace
+from test_ict import _ict_config
+
+DIM = 16
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+  """$REALM_CACHE (staging and local copies), and a clean cwd: a mangled
+  gs:// path would show up there as a `gs:` folder."""
+  path = tmp_path / 'cache'
+  monkeypatch.setenv('REALM_CACHE', str(path))
+  monkeypatch.chdir(tmp_path)
+  yield path
+  assert not (tmp_path / 'gs:').exists()
+
+
+def _objects(root: str) -> set[str]:
+  gcs_emulator.invalidate()
+  prefix = root.removeprefix('gs://')
+  return {name[len(prefix) + 1:]
+          for name in fsspec.filesystem('gs').find(prefix)}
+
+
+def _embeddings(step, n=64):
+  return np.random.default_rng(step).normal(size=(n, DIM)).astype(np.float32)
+
+
+def _index(embeddings, kind='exact'):
+  config = mips.index_config()
+  config.kind = kind
+  return mips.build_index(embeddings, config)
+
+
+def _publish(store, step, kind='exact'):
+  embeddings = _embeddings(step)
+  return store.publish(step, _index(embeddings, kind), embeddings[:8],
+                       dict(note='test'))
+
+
+def _top1(step, queries):
+  """The exact best block of version `step` for each query."""
+  return np.argmax(queries @ _embeddings(step).T, axis=1)
+
+
+QUERIES = np.random.default_rng(99).normal(size=(6, DIM)).astype(np.float32)
+
+
+def _handle(index_dir):
+  handle = index_handle.IndexHandle(index_dir, reader_id='trainer-0')
+  handle.wait_until_ready(30)
+  return handle
+
+
+class _Killed(BaseException):
+  """The builder's process dying."""
+
+
+@pytest.mark.parametrize('kind', ['exact', 'scann'])
+def test_publish_on_bucket_serves_as_local(gcs_bucket, cache, tmp_path,
+                                           kind):
+  index_dir = f'{gcs_bucket}/w/index'
+  version = _publish(index_store.IndexStore(index_dir), 3, kind)
+  _publish(index_store.IndexStore(tmp_path / 'index'), 3, kind)
+  objects = _objects(index_dir)
+  manifest = json.loads(epath.Path(index_dir, version,
+                                   index_store.MANIFEST).read_text())
+  assert manifest['kind'] == kind
+  assert objects == {index_store.POINTER} | {
+      f'{version}/{name}' for name in [index_store.MANIFEST,
+                                       *manifest['files']]}
+  if kind == 'scann':
+    assert any(name.startswith('scann/') for name in manifest['files'])
+  assert not list(cache.glob('.staging-*'))  # the staging folder is gone
+
+  remote, local = _handle(index_dir), _handle(tmp_path / 'index')
+  assert remote.checkpoint_step == local.checkpoint_step == 3
+  queries = np.random.default_rng(9).normal(size=(20, DIM)).astype(
+      np.float32)
+  ids, scores = remote.search(queries, 5)
+  expected_ids, expected_scores = local.search(queries, 5)
+  np.testing.assert_array_equal(ids, expected_ids)
+  np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)
+  # Served from a verified local copy (memory maps, ScaNN's local files).
+  assert len(list(cache.glob(f'index-*/{version}-*'))) == 1
+
+
+def test_version_without_its_commit_is_never_loaded(gcs_bucket, cache,
+                                                    monkeypatch):
+  index_dir = f'{gcs_bucket}/w/index'
+  store = index_store.IndexStore(index_dir)
+  _publish(store, 1)
+  handle = _handle(index_dir)
+  copy_file = corpus_lib.copy_file
+
+  def dying_copy(source, destination):
+    if epath.Path(destination).name == index_store.MANIFEST:
+      raise _Killed()  # every index object is uploaded, the commit is not
+    copy_file(source, destination)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(corpus_lib, 'copy_file', dying_copy)
+    with pytest.raises(_Killed):
+      _publish(store, 2)
+  version = index_store.version_name(2)
+  left = {name for name in _objects(index_dir) if name.startswith(version)}
+  assert f'{version}/{mips.EMBEDDINGS_FILE}' in left
+  assert f'{version}/{index_store.MANIFEST}' not in left
+  assert store.latest_step() == 1 and store.versions() == [
+      index_store.version_name(1)]
+  assert not handle.refresh() and handle.checkpoint_step == 1
+  with pytest.raises(index_store.IndexVersionError, match='missing'):
+    store.load(version)  # even when asked for it by name
+  # Publishing again (the builder's restart) completes the version.
+  assert _publish(store, 2) == version
+  assert handle.refresh() and handle.maybe_swap()
+  assert handle.checkpoint_step == 2
+  np.testing.assert_array_equal(handle.search(QUERIES, 1)[0][:, 0],
+                                _top1(2, QUERIES))
+
+
+@pytest.mark.parametrize('where', ['local', 'bucket'])
+def test_restart_saves_again_a_folder_without_its_commit(gcs_bucket, cache,
+                                                         tmp_path, where):
+  """The old publish skipped saving when the folder existed, then failed
+  its checksum check forever."""
+  index_dir = (f'{gcs_bucket}/w/index' if where == 'bucket'
+               else tmp_path / 'index')
+  store = index_store.IndexStore(index_dir)
+  version = _publish(store, 2)
+  # A killed upload (or a half-copied folder): everything but the commit.
+  (store.version_dir(version) / index_store.MANIFEST).unlink()
+  epath.Path(index_dir, index_store.POINTER).unlink()
+  gcs_emulator.invalidate()
+  assert _publish(store, 2) == version
+  assert store.latest_step() == 2
+  store.load(version)
+
+
+def test_corrupt_newest_version_is_refused(gcs_bucket, cache):
+  index_dir = f'{gcs_bucket}/w/index'
+  store = index_store.IndexStore(index_dir)
+  _publish(store, 1)
+  handle = _handle(index_dir)
+  version = _publish(store, 2)
+  path = store.version_dir(version) / mips.EMBEDDINGS_FILE
+  data = bytearray(path.read_bytes())
+  data[-1] ^= 0xFF
+  path.write_bytes(bytes(data))
+  gcs_emulator.invalidate()
+  assert not handle.refresh() and not handle.maybe_swap()
+  assert handle.checkpoint_step == 1
+  np.testing.assert_array_equal(handle.search(QUERIES, 1)[0][:, 0],
+                                _top1(1, QUERIES))
+  assert not list(cache.glob(f'index-*/*{version}*'))  # no copy kept
+  _publish(store, 3)
+  assert handle.refresh() and handle.maybe_swap()
+  assert handle.checkpoint_step == 3
+
+
+def test_chunk_counts_only_when_complete(gcs_bucket, tmp_path):
+  for directory in (epath.Path(gcs_bucket) / 'building', epath.Path(tmp_path)):
+    vectors = _embeddings(0, n=10)
+    index_store.write_chunk(directory, 0, vectors)
+    assert index_store.chunk_done(directory, 0)
+    np.testing.assert_array_equal(index_store.read_chunks(directory, [0]),
+                                  vectors)
+    data = directory / 'chunk-00000.npy'
+    data.write_bytes(data.read_bytes()[:-4])  # truncated data
+    gcs_emulator.invalidate()
+    assert not index_store.chunk_done(directory, 0)
+    index_store.write_chunk(directory, 1, vectors)
+    (directory / 'chunk-00001.npy').unlink()  # marker without its data
+    gcs_emulator.invalidate()
+    assert not index_store.chunk_done(directory, 1)
+
+
+# -- checkpoints and the builder on a bucket -----------------------------------
+
+
+def _train_state(model_config, scale):
+  graphdef, state = nnx.split(embedding.create_doc_tower(model_config))
+  del graphdef
+  tower = jax.tree.map(lambda x: x * scale, nnx.to_pure_dict(state))
+  return dict(step=jnp.int32(0), params=dict(
+      retriever=dict(doc_tower=tower), reader=dict(w=jnp.ones((3, 4)))),
+              opt_state=dict(mu=jnp.zeros((3, 4))))
+
+
+def test_checkpoints_on_bucket(gcs_bucket):
+  model_config = _ict_config().model
+  directory = f'{gcs_bucket}/w/checkpoints'
+  manager = checkpointing.make_manager(
+      directory, checkpointing.checkpoint_config(every_steps=1))
+  states = {step: _train_state(model_config, 1.0 + step)
+            for step in (1, 2)}
+  for step, state in states.items():
+    assert checkpointing.save(manager, step, state, dict(position=step))
+  manager.wait_until_finished()
+  assert any(name.startswith('2/state/') for name in _objects(directory))
+
+  reader = checkpointing.make_manager(directory, read_only=True,
+                                      this_process_only=True)
+  assert reader.all_steps() == [1, 2]
+  restored, data = checkpointing.restore(
+      reader, 2, checkpointing.abstract(states[2]))
+  assert data == dict(position=2)
+  jax.tree.map(np.testing.assert_array_equal, restored, states[2])
+  tower = checkpointing.restore_subtree(
+      reader, 1, workspace.DOC_TOWER_PATH,
+      checkpointing.abstract(states[1]['params']['retriever']['doc_tower']))
+  jax.tree.map(np.testing.assert_array_equal, tower,
+               states[1]['params']['retriever']['doc_tower'])
+
+
+def _builder_config(corpus_dir):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      'index_builder_config', CONFIGS / 'index_builder.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('tiny')
+  with config.unlocked():
+    config.corpus_dir = str(corpus_dir)
+    config.embed_batch_size = 8
+    config.chunk_blocks = 64
+  return config
+
+
+@pytest.mark.slow
+def test_builder_on_bucket_completes_a_killed_publish(
+    gcs_bucket, cache, tiny_corpus_workdir, monkeypatch):
+  workdir = epath.Path(f'{gcs_bucket}/w')
+  model_config = _ict_config().model
+  (workdir / workspace.CONFIG_FILE).write_text(json.dumps(
+      dict(model=model_config.to_dict())))
+  manager = checkpointing.make_manager(
+      workdir / 'checkpoints', checkpointing.checkpoint_config(1))
+  checkpointing.save(manager, 1, _train_state(model_config, 1.0), {})
+  manager.wait_until_finished()
+  config = _builder_config(tiny_corpus_workdir / 'corpus')
+  builder_lib.Builder(config, workdir).run(once=True)
+  handle = _handle(workdir / 'index')
+  assert handle.checkpoint_step == 1
+
+  checkpointing.save(manager, 2, _train_state(model_config, 1.5), {})
+  manager.wait_until_finished()
+  copy_file = corpus_lib.copy_file
+
+  def dying_copy(source, destination):
+    if epath.Path(destination).name == index_store.MANIFEST:
+      raise _Killed()
+    copy_file(source, destination)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(corpus_lib, 'copy_file', dying_copy)
+    with pytest.raises(_Killed):
+      builder_lib.Builder(config, workdir).run(once=True)
+  store = index_store.IndexStore(workdir / 'index')
+  version = index_store.version_name(2)
+  assert f'{version}/{mips.EMBEDDINGS_FILE}' in _objects(
+      f'{workdir}/index')
+  assert store.latest_step() == 1 and not handle.refresh()
+
+  builder_lib.Builder(config, workdir).run(once=True)  # the restart
+  assert store.latest_step() == 2
+  manifest = store.read_manifest(version)
+  assert manifest['embedded_blocks'] == 0  # the chunks were kept
+  assert handle.refresh() and handle.maybe_swap()
+  assert handle.checkpoint_step == 2
+  corpus = corpus_lib.Corpus(tiny_corpus_workdir / 'corpus')
+  assert manifest['num_blocks'] == len(corpus)
