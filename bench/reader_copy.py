@@ -44,6 +44,7 @@ from realm_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-
 from realm_jax.inputs import blocks as blocks_lib  # pylint: disable=g-import-not-at-top
 from realm_jax.inputs import pretrain as pretrain_input  # pylint: disable=g-import-not-at-top
 from realm_jax.objectives import mlm as mlm_objective  # pylint: disable=g-import-not-at-top
+from realm_jax.retrieval import workspace  # pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUERY_LEN = 40
@@ -110,13 +111,15 @@ class EvidencePairs:
 
 
 def _model_config(args):
-  """The tiny reader without dropout; --layers/--hidden/--heads resize a
-  fresh one."""
+  """The reader without dropout: the --mlm run's, else the tiny one, which
+  --layers/--hidden/--heads resize."""
   spec = importlib.util.spec_from_file_location('mlm', REPO / 'configs' /
                                                 'mlm.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config('tiny')
+  if args.mlm:  # the run's reader, whatever its size (e.g. from MiniLM)
+    config.model.update(workspace.read_config(args.mlm).model)
   config.model.update(dropout_rate=0.0, attention_dropout_rate=0.0)
   for field in ('num_layers', 'hidden_size', 'num_heads'):
     value = getattr(args, field)
