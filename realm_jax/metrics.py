@@ -10,6 +10,8 @@ import numpy as np
 import tensorboardX
 import tqdm
 
+from realm_jax import corpus as corpus_lib
+
 # The first metrics of the console line, in this order; the rest follow
 # sorted by name.
 _CONSOLE_FIRST = ('loss',)
@@ -82,7 +84,7 @@ class MetricWriter:
       self.logdir.mkdir(parents=True, exist_ok=True)
       self._tb = tensorboardX.SummaryWriter(str(self.logdir))
       jsonl = self.logdir / 'metrics.jsonl'
-      self._jsonl = (_RewrittenObject(jsonl) if '://' in str(self.logdir)
+      self._jsonl = (_RewrittenObject(jsonl) if corpus_lib.is_remote(self.logdir)
                      else jsonl.open('a'))
 
   def write(self, step: int, scalars: Mapping[str, float],

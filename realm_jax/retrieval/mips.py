@@ -20,7 +20,6 @@ import functools
 import json
 import math
 import os
-import shutil
 import tempfile
 
 from etils import epath
@@ -32,6 +31,7 @@ import numpy as np
 import scann
 
 from realm_jax import config_lib
+from realm_jax import corpus as corpus_lib
 
 METADATA_FILE = 'mips_index.json'
 EMBEDDINGS_FILE = 'embeddings.npy'
@@ -258,7 +258,7 @@ class ExactIndex(MipsIndex):
 
 def _load_embeddings(directory: epath.Path) -> np.ndarray:
   path = directory / EMBEDDINGS_FILE
-  if _is_remote(path):  # remote: read it whole
+  if corpus_lib.is_remote(path):  # remote: read it whole
     with path.open('rb') as f:
       return np.load(f)
   # Local: memory-mapped; rows are read as they are used.
@@ -335,7 +335,7 @@ class ScannIndex(MipsIndex):
     scann_dir = directory / SCANN_DIR
     scann_dir.mkdir(parents=True, exist_ok=True)
     # Relative asset paths, so the version folder can be renamed into place.
-    if not _is_remote(scann_dir):
+    if not corpus_lib.is_remote(scann_dir):
       self._searcher.serialize(os.fspath(scann_dir), relative_path=True)
       names = sorted(os.listdir(os.fspath(scann_dir)))
     else:  # ScaNN writes local paths only: serialize there, then upload
@@ -343,7 +343,7 @@ class ScannIndex(MipsIndex):
         self._searcher.serialize(local, relative_path=True)
         names = sorted(os.listdir(local))
         for name in names:
-          _copy(os.path.join(local, name), scann_dir / name)
+          corpus_lib.copy_file(os.path.join(local, name), scann_dir / name)
     return [f'{SCANN_DIR}/{name}' for name in names] + [
         self._save_embeddings(directory),
         self._write_metadata(directory, **self.settings)]
@@ -353,24 +353,14 @@ class ScannIndex(MipsIndex):
     settings = {name: metadata[name] for name in (
         'num_leaves', 'num_leaves_to_search', 'reorder')}
     scann_dir = directory / SCANN_DIR
-    if not _is_remote(scann_dir):
+    if not corpus_lib.is_remote(scann_dir):
       searcher = scann.scann_ops_pybind.load_searcher(os.fspath(scann_dir))
     else:  # ScaNN reads local paths only; the loaded searcher is in memory
       with tempfile.TemporaryDirectory(prefix='scann-') as local:
         for path in scann_dir.iterdir():
-          _copy(path, os.path.join(local, path.name))
+          corpus_lib.copy_file(path, os.path.join(local, path.name))
         searcher = scann.scann_ops_pybind.load_searcher(local)
     return cls(searcher, _load_embeddings(directory), settings)
-
-
-def _is_remote(path) -> bool:
-  return '://' in os.fspath(path)
-
-
-def _copy(source, destination) -> None:
-  with epath.Path(source).open('rb') as src, \
-      epath.Path(destination).open('wb') as dst:
-    shutil.copyfileobj(src, dst, 16 << 20)
 
 
 # -- entry points --------------------------------------------------------------
