@@ -24,6 +24,12 @@ another client (a subprocess, google-cloud-storage) can be invisible to
 the fixture calls it at start and end, tests call it after another process
 wrote to the bucket.
 
+The emulator's media downloads omit the `x-goog-generation` header that
+Cloud Storage sends with every object read; TensorStore's gcs driver (so
+orbax's OCDBT checkpoints) cannot read an object without it ("Malformed
+StorageGeneration"). `_add_generation_headers()` adds it (and
+`x-goog-metageneration`) to the emulator's download handler.
+
 tensorboardX's gs:// event writer (GCSRecordWriter) uploads its buffer
 again when collected, and its SummaryWriter's atexit hook keeps it alive
 until interpreter exit, after the emulator is gone: each would then retry
@@ -56,11 +62,40 @@ def invalidate() -> None:
   backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
 
 
+def _add_generation_headers() -> None:
+  """Makes the emulator's downloads carry the object's generation headers."""
+  from gcp_storage_emulator import server as server_lib  # pylint: disable=g-import-not-at-top
+  from gcp_storage_emulator.exceptions import NotFound  # pylint: disable=g-import-not-at-top
+  from gcp_storage_emulator.handlers import objects  # pylint: disable=g-import-not-at-top
+  original = objects.download
+  if getattr(original, 'adds_generation_headers', False):
+    return
+
+  def download(request, response, storage, *args, **kwargs):
+    try:
+      obj = storage.get_file_obj(request.params['bucket_name'],
+                                 request.params['object_id'])
+    except NotFound:
+      pass  # the handler answers 404
+    else:
+      response['x-goog-generation'] = str(obj['generation'])
+      response['x-goog-metageneration'] = str(obj['metageneration'])
+    return original(request, response, storage, *args, **kwargs)
+
+  download.adds_generation_headers = True
+  objects.download = download  # objects.get (alt=media) looks it up here
+  for _, methods in server_lib.HANDLERS:
+    for method, handler in methods.items():
+      if handler is original:
+        methods[method] = download
+
+
 @contextlib.contextmanager
 def emulated_gcs() -> Iterator[str]:
   """Runs the emulator; yields its http:// address."""
   from gcp_storage_emulator import server as server_lib  # pylint: disable=g-import-not-at-top
   import fsspec  # pylint: disable=g-import-not-at-top
+  _add_generation_headers()
   port = _free_port()
   server = server_lib.create_server('127.0.0.1', port, in_memory=True)
   server.start()

@@ -216,6 +216,22 @@ def _train_state(model_config, scale):
               opt_state=dict(mu=jnp.zeros((3, 4))))
 
 
+def test_ocdbt_database_on_bucket_takes_later_commits(gcs_bucket):
+  # Each write after the first reads the manifest back with its generation
+  # (orbax's saves do so whenever a save's writes commit in two batches).
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  database = dict(driver='ocdbt', base=f'{gcs_bucket}/db/')
+  for i in range(3):
+    array = ts.open(dict(driver='zarr', kvstore=dict(database, path=f'a{i}'),
+                         metadata=dict(shape=[4], dtype='<f4')),
+                    create=True).result()
+    array.write(np.arange(4, dtype=np.float32) + i).result()
+  for i in range(3):
+    array = ts.open(dict(driver='zarr',
+                         kvstore=dict(database, path=f'a{i}'))).result()
+    np.testing.assert_array_equal(array.read().result(), np.arange(4) + i)
+
+
 def test_checkpoints_on_bucket(gcs_bucket):
   model_config = _ict_config().model
   directory = f'{gcs_bucket}/w/checkpoints'
