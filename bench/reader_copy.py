@@ -54,8 +54,10 @@ MAX_MASKS = 10
 class EvidencePairs:
   """Salient-span queries and, per query, the blocks that also hold its span."""
 
-  def __init__(self, corpus: corpus_lib.Corpus, examples: pathlib.Path):
+  def __init__(self, corpus: corpus_lib.Corpus, examples: pathlib.Path,
+               evidence_len: int = 128):
     self.corpus = corpus
+    self.evidence_len = evidence_len
     self.blocks = np.load(examples / 'block.npy')
     self.pieces = np.load(examples / 'pieces.npy')
     holders = collections.defaultdict(set)
@@ -102,7 +104,8 @@ class EvidencePairs:
       elif evidence == 'other':
         evidence_ids[r, 0] = rng.choice(self.others[i])
     reader = blocks_lib.reader_inputs(self.corpus, query_ids, query_mask,
-                                      evidence_ids, QUERY_LEN + 128)
+                                      evidence_ids,
+                                      QUERY_LEN + self.evidence_len)
     return dict(token_ids=reader['reader_ids'][:, 0],
                 segment_ids=reader['reader_segments'][:, 0],
                 input_mask=reader['reader_mask'][:, 0],
@@ -145,6 +148,9 @@ def main():
                       'instead of the salient span (evaluation: the span)')
   for field in ('num_layers', 'hidden_size', 'num_heads'):
     parser.add_argument(f'--{field}', type=int, default=0)
+  parser.add_argument('--evidence_len', type=int, default=128,
+                      help="the reader's room for the evidence block (title "
+                      'and body), in pieces')
   parser.add_argument('--steps', type=int, default=600)
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--lr', type=float, default=1e-3)
@@ -159,7 +165,7 @@ def main():
   if not (examples / pretrain_input.MANIFEST).exists():
     pretrain_input.prepare_examples(corpus, examples, annotator='builtin',
                                     query_len=QUERY_LEN, max_masks=MAX_MASKS)
-  pairs = EvidencePairs(corpus, examples)
+  pairs = EvidencePairs(corpus, examples, args.evidence_len)
   rng = np.random.default_rng(args.seed)
   held_out = rng.choice(pairs.usable, args.eval_queries, replace=False)
   train_rows = np.setdiff1d(pairs.usable, held_out)

@@ -178,12 +178,18 @@ def test_loop_stops_on_training_done_and_on_sigterm(trained_workdir,
 
   # Without the marker it keeps polling until SIGTERM.
   (workdir / 'TRAINING_DONE').unlink()
-  process = subprocess.Popen(
-      [sys.executable, '-m', 'index_builder.main',
-       *_builder_command(workdir)],
-      cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL)
-  time.sleep(8)  # started, found nothing new, polling
-  assert process.poll() is None
+  log = tmp_path / 'builder.log'
+  with log.open('w') as stderr:
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'index_builder.main',
+         *_builder_command(workdir)],
+        cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=stderr)
+  # Signalled once it has found nothing new and polls (a fixed sleep raced
+  # its start-up on a loaded machine: SIGTERM before the handler is set).
+  deadline = time.time() + 180
+  while 'Waiting for a new checkpoint' not in log.read_text():
+    assert process.poll() is None, log.read_text()
+    assert time.time() < deadline, log.read_text()
+    time.sleep(0.5)
   process.send_signal(signal.SIGTERM)
-  assert process.wait(timeout=60) == 0
+  assert process.wait(timeout=60) == 0, log.read_text()

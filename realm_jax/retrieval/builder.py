@@ -65,6 +65,7 @@ class Builder:
     SIGTERM); with `once`, until the newest checkpoint is indexed."""
     leader = jax.process_index() == 0
     target = None  # with once: the checkpoint this run indexes
+    waiting_since = None  # the state last announced as waited on
     while not self.stop.is_set():
       # Read the marker before the checkpoints: the trainer writes it after
       # its last checkpoint, so that checkpoint is then surely listed.
@@ -89,6 +90,10 @@ class Builder:
       if training_done and caught_up:
         logging.info('Training is done and checkpoint %s is indexed.', step)
         return
+      if waiting_since != (step, indexed):
+        waiting_since = (step, indexed)
+        logging.info('Waiting for a new checkpoint: newest checkpoint %s, '
+                     'newest index %s', step, indexed)
       self.stop.wait(self.config.poll_seconds)
 
   def build(self, step: int) -> None:
