@@ -44,6 +44,12 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   # 0: blocks alone, BERT's masked LM.
   config.pair_query_len = 0
   config.pair_mask_rate = 0.3
+  # own: the sentence beside its own block. linked: a salient span of the
+  # sentence masked, beside another block that holds the span (what a
+  # perfect retriever gives REALM's reader); the spans are found once with
+  # `annotator` into WORKDIR/examples.
+  config.pair_evidence = 'own'
+  config.annotator = 'builtin'
   config.head_warmup_steps = 0  # set when the BERT checkpoint has no head
   config.eval_blocks = 256 if tiny else 10_000
   config.eval_every_steps = 100 if tiny else 10_000

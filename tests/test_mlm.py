@@ -12,6 +12,7 @@ from realm_jax import corpus as corpus_lib
 from realm_jax import models
 from realm_jax.jobs import mlm
 from realm_jax.inputs import mlm as mlm_input
+from realm_jax.inputs import pretrain as pretrain_input
 from realm_jax.objectives import mlm as mlm_objective
 
 
@@ -195,10 +196,77 @@ def test_pair_training_logs_copy_accuracy_beside_block_and_null(
   for key in ('eval/mlm_accuracy', 'eval/copy_accuracy',
               'eval/copy_null_accuracy'):
     assert 0.0 <= last[key] <= 1.0
+  config.pair_evidence = 'linked'  # salient spans beside another block
+  linked = tmp_path / 'linked'
+  mlm.train_and_evaluate(config, str(linked))
+  assert (linked / 'examples' / 'manifest.json').exists()
+  rows = [json.loads(line) for line in (
+      linked / 'logs' / 'mlm' / 'metrics.jsonl').read_text().splitlines()]
+  assert 'eval/copy_null_accuracy' in rows[-1]
+  config.pair_evidence = 'other'
+  with pytest.raises(config_lib.ConfigError, match='config.pair_evidence'):
+    mlm.train_and_evaluate(config, str(tmp_path / 'bad'))
+  config.pair_evidence = 'own'
   config.pair_query_len = (config.model.max_position_embeddings
                            - config.seq_len + 1)  # past the positions
   with pytest.raises(config_lib.ConfigError, match='config.pair_query_len'):
     mlm.train_and_evaluate(config, str(tmp_path / 'bad'))
+
+
+@pytest.fixture(scope='module')
+def linked_spans(corpus, tmp_path_factory):
+  examples = tmp_path_factory.mktemp('linked') / 'examples'
+  pretrain_input.prepare_examples(corpus, examples, annotator='builtin',
+                                  query_len=24, max_masks=20)
+  return mlm_input.LinkedSpans(corpus, examples, 24)
+
+
+def _contains(sequence, part):
+  return any(np.array_equal(sequence[i:i + len(part)], part)
+             for i in range(len(sequence) - len(part) + 1))
+
+
+def test_linked_pairs_mask_a_span_that_another_block_states(corpus,
+                                                            linked_spans):
+  eval_blocks = 64
+  inputs = _inputs(corpus, seq_len=128, pair_query_len=24, linked=linked_spans,
+                   eval_blocks=eval_blocks)
+  num_train = len(corpus) - eval_blocks
+  tok = corpus.tokenizer
+  readable = 0
+  for step in range(3):
+    batch = inputs.batch(step)
+    sources = inputs.block_ids(step)
+    assert (sources < num_train).all()
+    for row in range(16):
+      ids, targets = batch['token_ids'][row], batch['mlm_targets'][row]
+      query_len = int(np.flatnonzero(ids == tok.sep_id)[0]) + 1
+      weights = batch['mlm_weights'][row] > 0
+      positions = batch['mlm_positions'][row][weights]
+      in_query = positions < query_len
+      span = targets[weights][in_query]
+      assert span.size and (np.diff(positions[in_query]) == 1).all()
+      # The span is a salient span of the source block's sentence...
+      assert _contains(corpus.body_tokens(int(sources[row])), span)
+      # ... and the body beside it, another block's, holds it unmasked
+      # (unless no linked block's span fits in seq_len).
+      body = ids[query_len:][batch['input_mask'][row][query_len:] > 0]
+      readable += _contains(body, span)
+  assert readable >= 0.9 * 3 * 16
+  held_out = inputs.copy_eval_batches(8, 'own')
+  null = inputs.copy_eval_batches(8, 'null')
+  assert len(held_out) == len(null) >= 1
+  for a, b in zip(held_out, null):
+    np.testing.assert_array_equal(a['mlm_targets'], b['mlm_targets'])
+    predicted = np.take_along_axis(a['token_ids'], a['mlm_positions'], 1)
+    # REALM's masks: all [MASK]
+    assert (predicted[a['mlm_weights'] > 0] == tok.mask_id).all()
+  spans = linked_spans.spans(at_least=num_train)
+  assert (linked_spans.block[spans] >= num_train).all()
+  for span in linked_spans.spans(below=num_train)[:50]:
+    holders = linked_spans.holders(span, below=num_train)
+    assert holders.size and (holders < num_train).all()
+    assert linked_spans.block[span] not in holders
 
 
 def _model():

@@ -26,14 +26,29 @@ teaches a reader to copy a name from its context, which REALM's reader
 needs, but a small corpus of short blocks does not (issue 12). The
 held-out `copy_eval_batches` predict the sentence's pieces alone, beside
 its block or the null document: the gap between the two is the copying.
+
+Linked pairs (`pair_evidence='linked'`, with `linked` the salient spans of
+inputs/pretrain.py's examples folder): the sentence of a salient span, its
+span masked as REALM masks it, beside another block that holds the same
+span, as a perfect retriever would give REALM's reader (the body masked as
+above except where it holds the span). A sentence beside its own block
+copies by position; only another block's wording teaches the reader to
+find a name or date in a block it was retrieved for, which at small scale
+no other training here gives it (README, The learning test bed). The unit
+of the data order is then a span, not a block; training spans and their
+linked blocks both lie outside the held-out blocks.
 """
+import collections
 import functools
+import pathlib
 
 import numpy as np
 
 from realm_jax import corpus as corpus_lib
 from realm_jax.inputs import blocks as blocks_lib
+from realm_jax.inputs import pretrain as pretrain_input
 
+_HOLDER_TRIES = 8
 MLM_KEYS = ('token_ids', 'segment_ids', 'input_mask', 'mlm_positions',
             'mlm_targets', 'mlm_weights')
 
@@ -54,6 +69,7 @@ class MlmInput:
                seq_len: int, mask_rate: float, max_predictions: int,
                whole_word: bool, eval_blocks: int, seed: int,
                pair_query_len: int = 0, pair_mask_rate: float = 0.3,
+               linked: 'LinkedSpans | None' = None,
                process_index: int = 0, process_count: int = 1):
     if global_batch_size % process_count:
       raise ValueError(f'global batch {global_batch_size} does not split '
@@ -82,25 +98,47 @@ class MlmInput:
     self._vocab_size = tokenizer.vocab_size
     self._sep = tokenizer.sep_id
     self._continues = word_continuations(tokenizer) if whole_word else None
+    self._linked = linked
+    if linked is not None:
+      if not pair_query_len:
+        raise ValueError('linked pairs need pair_query_len > 0')
+      self._train_spans = linked.spans(below=self._num_train)
+      self._eval_spans = linked.spans(at_least=self._num_train)
+      if not len(self._train_spans) or not len(self._eval_spans):
+        raise ValueError(
+            f'linked pairs: {len(self._train_spans)} training and '
+            f'{len(self._eval_spans)} held-out salient spans have a block '
+            'other than their own that holds them; need some of each')
+    self._num_units = (len(self._train_spans) if linked is not None
+                       else self._num_train)
 
   @functools.lru_cache(maxsize=2)
   def _permutation(self, epoch: int) -> np.ndarray:
     rng = np.random.default_rng((self._seed, epoch))
-    return rng.permutation(self._num_train).astype(np.int64)
+    return rng.permutation(self._num_units).astype(np.int64)
 
-  def block_ids(self, step: int) -> np.ndarray:
-    """Global block ids of this host's rows of the batch at `step`."""
+  def _units(self, step: int) -> np.ndarray:
     first = step * self._global_batch + self._offset
-    n = self._num_train
+    n = self._num_units
     return np.array([self._permutation(p // n)[p % n]
                      for p in range(first, first + self._local_batch)])
+
+  def block_ids(self, step: int) -> np.ndarray:
+    """Global block ids of this host's rows of the batch at `step` (with
+    linked pairs: the blocks their sentences come from)."""
+    units = self._units(step)
+    if self._linked is None:
+      return units
+    return self._linked.block[self._train_spans[units]]
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """This host's rows of the global training batch at `step`."""
     first = step * self._global_batch + self._offset
-    return self._examples(self.block_ids(step),
-                          np.arange(first, first + self._local_batch),
-                          stream=3)
+    seeds = np.arange(first, first + self._local_batch)
+    if self._linked is not None:
+      return self._linked_examples(self._train_spans[self._units(step)],
+                                   seeds, stream=3)
+    return self._examples(self.block_ids(step), seeds, stream=3)
 
   @property
   def seq_len(self) -> int:
@@ -121,6 +159,15 @@ class MlmInput:
       raise ValueError('copy_eval_batches needs pair_query_len > 0')
     if evidence not in ('own', 'null'):
       raise ValueError(f'evidence={evidence!r}: one of own, null')
+    if self._linked is not None:  # the held-out spans; own = the linked block
+      spans = self._eval_spans
+      batches = []
+      for start in range(0, len(spans), batch_size):
+        chunk = spans[start:start + batch_size]
+        batch = self._linked_examples(chunk, chunk, stream=5, masks=False,
+                                      null=evidence == 'null')
+        batches.append(_padded(batch, batch_size))
+      return batches
     def examples(ids, seeds, stream):
       rows = [self._pair_example(int(i), np.random.default_rng(
           (self._seed, int(s), stream)), body_masks=False,
@@ -134,12 +181,8 @@ class MlmInput:
     batches = []
     for start in range(0, len(ids), batch_size):
       chunk = ids[start:start + batch_size]
-      batch = examples(chunk, chunk, stream=stream)
-      if len(chunk) < batch_size:
-        batch = {k: np.concatenate([v, np.zeros(
-            (batch_size - len(chunk), *v.shape[1:]), v.dtype)])
-                 for k, v in batch.items()}
-      batches.append(batch)
+      batches.append(_padded(examples(chunk, chunk, stream=stream),
+                             batch_size))
     return batches
 
   def _examples(self, block_ids, seeds, stream: int) -> dict[str, np.ndarray]:
@@ -188,6 +231,65 @@ class MlmInput:
           ids, body, rng, self._rate, self._max_predictions - len(chosen))])
     return self._masked(ids, reader['reader_segments'][0, 0],
                         reader['reader_mask'][0, 0], chosen, rng)
+
+  def _linked_examples(self, spans, seeds, stream: int, masks: bool = True,
+                       null: bool = False) -> dict[str, np.ndarray]:
+    rows = [self._linked_example(int(i), np.random.default_rng(
+        (self._seed, int(s), stream)), masks, null)
+            for i, s in zip(spans, seeds)]
+    return {key: np.stack([r[key] for r in rows]) for key in MLM_KEYS}
+
+  def _linked_example(self, span: int, rng, masks: bool, null: bool
+                      ) -> dict[str, np.ndarray]:
+    """`[CLS] sentence [SEP] linked body [SEP]` of salient span `span`: the
+    span all predicted ([MASK]ed when not `masks`, else 80/10/10), the
+    body's other pieces at mask_rate (when `masks`)."""
+    tokenizer = self._corpus.tokenizer
+    linked = self._linked
+    block = int(linked.block[span])
+    begin, end, start, stop = (int(x) for x in linked.pieces[span])
+    sentence = self._corpus.body_tokens(block)[begin:end]
+    sentence = sentence[:self._pair_query_len - 2]
+    stop = min(stop, len(sentence))
+    holders = linked.holders(span, below=self._num_train if masks else None)
+    query = np.zeros((1, self._pair_query_len), np.int32)
+    query[0, :len(sentence) + 2] = [tokenizer.cls_id, *sentence,
+                                    tokenizer.sep_id]
+    query_mask = (np.arange(self._pair_query_len) < len(sentence) + 2)[None]
+    chosen = np.arange(start, stop) + 1
+    target = query[0, chosen]
+    # A holder whose span lies in the part of its body that fits (a few
+    # tries; else the last one tried).
+    for evidence in ([blocks_lib.NULL_BLOCK] if null else
+                     rng.permutation(holders)[:_HOLDER_TRIES]):
+      reader = blocks_lib.reader_inputs(
+          self._corpus, query, query_mask.astype(np.int32),
+          np.array([[evidence]]), self.seq_len)
+      ids = reader['reader_ids'][0, 0]
+      body_start = int(reader['body_start'][0, 0])
+      body = ids[body_start:body_start + int(reader['body_len'][0, 0])]
+      held = np.zeros(len(body), bool)  # where the body holds the span
+      for i in range(len(body) - len(target) + 1):
+        if np.array_equal(body[i:i + len(target)], target):
+          held[i:i + len(target)] = True
+      if held.any():
+        break
+    if masks and len(chosen) < self._max_predictions:
+      chosen = np.concatenate([chosen, self._choose(
+          ids, np.flatnonzero(~held) + body_start, rng, self._rate,
+          self._max_predictions - len(chosen))])
+    chosen = chosen[:self._max_predictions]
+    if masks:
+      return self._masked(ids, reader['reader_segments'][0, 0],
+                          reader['reader_mask'][0, 0], chosen, rng)
+    example = self._masked(ids, reader['reader_segments'][0, 0],
+                           reader['reader_mask'][0, 0], chosen[:0], rng)
+    m = len(chosen)
+    example['token_ids'][chosen] = self._mask_id
+    example['mlm_positions'][:m] = chosen
+    example['mlm_targets'][:m] = ids[chosen]
+    example['mlm_weights'][:m] = 1.0
+    return example
 
   def _example(self, block, rng) -> dict[str, np.ndarray]:
     length = self._seq_len
@@ -248,3 +350,45 @@ class MlmInput:
     if not chosen:  # every word longer than the budget: part of one
       chosen = words[rng.integers(len(words))][:count]
     return np.sort(np.array(chosen, np.int64))
+
+
+def _padded(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """`batch` with weightless zero rows appended up to `size` rows."""
+  rows = len(batch['mlm_weights'])
+  return {k: np.concatenate([v, np.zeros((size - rows, *v.shape[1:]),
+                                         v.dtype)]) if rows < size else v
+          for k, v in batch.items()}
+
+
+class LinkedSpans:
+  """The salient spans of an examples folder (inputs/pretrain.py) and, for
+  each, the blocks other than its own whose body holds the same pieces."""
+
+  def __init__(self, corpus: corpus_lib.Corpus, examples_dir: pathlib.Path,
+               query_len: int):
+    _, block, pieces = pretrain_input.load_examples(corpus, examples_dir,
+                                                    query_len)
+    self.block = np.asarray(block, np.int64)
+    self.pieces = np.asarray(pieces, np.int32)
+    by_text = collections.defaultdict(set)
+    texts = []
+    for block, (begin, end, start, stop) in zip(self.block, self.pieces):
+      body = corpus.body_tokens(int(block))
+      texts.append(tuple(body[begin:end][start:stop].tolist()))
+      by_text[texts[-1]].add(int(block))
+    self._others = [np.array(sorted(by_text[t] - {int(b)}), np.int64)
+                    for t, b in zip(texts, self.block)]
+
+  def holders(self, span: int, below: int | None = None) -> np.ndarray:
+    """The other blocks holding span `span` (with ids < `below`)."""
+    others = self._others[span]
+    return others if below is None else others[others < below]
+
+  def spans(self, below: int | None = None,
+            at_least: int | None = None) -> np.ndarray:
+    """Spans with a linked block: from blocks < `below` linked to blocks
+    < `below` (training), or from blocks >= `at_least` (held out)."""
+    keep = [i for i, b in enumerate(self.block)
+            if (below is None or (b < below and len(self.holders(i, below))))
+            and (at_least is None or (b >= at_least and len(self._others[i])))]
+    return np.array(keep, np.int64)

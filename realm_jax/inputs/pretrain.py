@@ -244,6 +244,33 @@ def prepare_examples(corpus: corpus_lib.Corpus,
   return manifest
 
 
+def load_examples(corpus: corpus_lib.Corpus,
+                  path: str | os.PathLike[str],
+                  query_len: int) -> tuple[dict, np.ndarray, np.ndarray]:
+  """(manifest, block.npy, pieces.npy) of the examples folder `path`
+  (memory-mapped; a bucket's is copied to the local cache first), checked
+  against `corpus` and `query_len`."""
+  if corpus_lib.is_remote(path):  # memory maps need local files
+    path = corpus_lib.local_copy(path, 'examples')
+  path = pathlib.Path(path)
+  manifest_file = path / MANIFEST
+  if not manifest_file.exists():
+    raise FileNotFoundError(f'{manifest_file} not found: not an examples '
+                            'folder (make one with prepare_examples)')
+  manifest = json.loads(manifest_file.read_text())
+  if manifest['corpus'] != corpus_fingerprint(corpus):
+    raise ValueError(f'{path} was prepared from another corpus than '
+                     f'{corpus.path}')
+  if manifest['query_len'] != query_len:
+    raise ValueError(f'{path} was prepared for query_len='
+                     f'{manifest["query_len"]}, not {query_len}')
+  if not manifest['num_examples']:
+    raise ValueError(f'{path} holds no example: the annotator found no '
+                     'salient span inside a sentence')
+  return (manifest, np.load(path / 'block.npy', mmap_mode='r'),
+          np.load(path / 'pieces.npy', mmap_mode='r'))
+
+
 class PretrainInput:
   """Host-local pre-training query batches for a given step.
 
@@ -286,34 +313,15 @@ class PretrainInput:
     self._span_lengths = np.arange(1, 6)
     self._span_length_p = np.full(5, 1 / 5)
     if examples_dir is not None:
-      if corpus_lib.is_remote(examples_dir):  # memory maps need local files
-        examples_dir = corpus_lib.local_copy(examples_dir, 'examples')
-      self._load_examples(pathlib.Path(examples_dir))
+      self.manifest, self._blocks, self._pieces = load_examples(
+          corpus, examples_dir, query_len)
+      counts = self.manifest['span_length_counts']
+      self._span_lengths = np.array([int(k) for k in counts])
+      self._span_length_p = np.array(list(counts.values())) / sum(
+          counts.values())
     elif masking == 'salient':
       raise ValueError("masking='salient' needs examples_dir (make it with "
                        'prepare_examples)')
-
-  def _load_examples(self, path: pathlib.Path):
-    manifest_file = path / MANIFEST
-    if not manifest_file.exists():
-      raise FileNotFoundError(f'{manifest_file} not found: not an examples '
-                              'folder (make one with prepare_examples)')
-    self.manifest = json.loads(manifest_file.read_text())
-    if self.manifest['corpus'] != corpus_fingerprint(self._corpus):
-      raise ValueError(f'{path} was prepared from another corpus than '
-                       f'{self._corpus.path}')
-    if self.manifest['query_len'] != self._query_len:
-      raise ValueError(f'{path} was prepared for query_len='
-                       f'{self.manifest["query_len"]}, not {self._query_len}')
-    if not self.manifest['num_examples']:
-      raise ValueError(f'{path} holds no example: the annotator found no '
-                       'salient span inside a sentence')
-    self._blocks = np.load(path / 'block.npy', mmap_mode='r')
-    self._pieces = np.load(path / 'pieces.npy', mmap_mode='r')
-    counts = self.manifest['span_length_counts']
-    self._span_lengths = np.array([int(k) for k in counts])
-    self._span_length_p = np.array(list(counts.values())) / sum(
-        counts.values())
 
   def _query(self, index: int) -> tuple[int, np.ndarray, np.ndarray]:
     """Block id, sentence pieces and the indices to mask of example `index`."""

@@ -4,9 +4,10 @@
 
 Trains the reader's encoder and MLM head (objectives/mlm.py) on the blocks
 of WORKDIR/corpus (or config.corpus_dir), or on sentence pairs of them
-(`pair_query_len`), holding the last `eval_blocks` out for MLM loss and
-accuracy (and, with pairs, the copy accuracy beside the block and beside
-the null document). Sharded, resumable and logged like every
+(`pair_query_len`; `pair_evidence='linked'`: a salient span beside another
+block that holds it), holding the last `eval_blocks` out for MLM loss and
+accuracy (and, with pairs, the copy accuracy beside the block - the linked
+one - and beside the null document). Sharded, resumable and logged like every
 trainer. Its checkpoints start realm-ict (`init_from`), realm-pretrain
 (`init.reader_from`) and realm-finetune.
 """
@@ -15,6 +16,7 @@ from collections import Counter
 from etils import epath
 from flax import nnx
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -24,6 +26,7 @@ from realm_jax import models
 from realm_jax import sharding
 from realm_jax import trainer as trainer_lib
 from realm_jax.inputs import mlm as mlm_input
+from realm_jax.inputs import pretrain as pretrain_input
 from realm_jax.objectives import mlm as mlm_objective
 
 
@@ -50,6 +53,23 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       f'model.max_position_embeddings {config.model.max_position_embeddings}')
   config_lib.check(0.0 < config.pair_mask_rate < 1.0, 'pair_mask_rate',
                    'must be in (0, 1)')
+  config_lib.check(config.pair_evidence in ('own', 'linked'), 'pair_evidence',
+                   f'{config.pair_evidence!r}: one of own, linked')
+  config_lib.check(config.pair_evidence == 'own' or config.pair_query_len,
+                   'pair_evidence', 'linked pairs need pair_query_len > 0')
+
+
+def salient_examples(config, corpus, workdir: epath.Path) -> epath.Path:
+  """WORKDIR/examples: the corpus's salient spans, found once by process 0
+  (inputs/pretrain.py's folder, for sentences of pair_query_len)."""
+  examples = workdir / 'examples'
+  if not (examples / pretrain_input.MANIFEST).exists():
+    if jax.process_index() == 0:
+      pretrain_input.prepare_examples(
+          corpus, examples, annotator=config.annotator,
+          query_len=config.pair_query_len, max_masks=config.max_predictions)
+    multihost_utils.sync_global_devices('salient span examples')
+  return examples
 
 
 def frozen(path: tuple) -> bool:
@@ -110,12 +130,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       config, workdir, 'mlm',
       lambda: models.ReaderModel(config.model, rngs=nnx.Rngs(config.seed)),
       frozen=frozen)
+  linked = None
+  if config.pair_evidence == 'linked':
+    linked = mlm_input.LinkedSpans(corpus, salient_examples(
+        config, corpus, workdir), config.pair_query_len)
   inputs = mlm_input.MlmInput(
       corpus, global_batch_size=config.batch_size, seq_len=config.seq_len,
       mask_rate=config.mask_rate, max_predictions=config.max_predictions,
       whole_word=config.whole_word, eval_blocks=config.eval_blocks,
       seed=config.seed, pair_query_len=config.pair_query_len,
-      pair_mask_rate=config.pair_mask_rate, process_index=jax.process_index(),
+      pair_mask_rate=config.pair_mask_rate, linked=linked,
+      process_index=jax.process_index(),
       process_count=jax.process_count())
   rows = config.batch_size // jax.process_count()
 
