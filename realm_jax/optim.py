@@ -107,15 +107,28 @@ def make_optimizer(config: ml_collections.ConfigDict,
   schedule = learning_rate_schedule(config.learning_rate, num_train_steps,
                                     warmup_steps(config, num_train_steps))
   adamw = optax.adamw if config.bias_correction else uncorrected_adamw
+  # Only when asked: an extra transform changes the optimizer state's tree.
+  retriever = ([optax.masked(optax.scale(config.retriever_lr_scale),
+                             retriever_mask)]
+               if config.retriever_lr_scale != 1.0 else [])
   return optax.chain(
       optax.clip_by_global_norm(config.clip_norm),
       adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-            weight_decay=config.weight_decay, mask=decay_mask))
+            weight_decay=config.weight_decay, mask=decay_mask), *retriever)
+
+
+def retriever_mask(params):
+  """True for the retriever's parameters (the top-level 'retriever')."""
+  def of_retriever(path, _):
+    return str(getattr(path[0], 'key', path[0])) == 'retriever'
+  return jax.tree_util.tree_map_with_path(of_retriever, params)
 
 
 def validate(config: ml_collections.ConfigDict, num_train_steps: int) -> None:
   """The optimizer config's fields a run cannot use."""
   warmup = config.warmup_steps
+  config_lib.check(config.retriever_lr_scale > 0,
+                   'optimizer.retriever_lr_scale', 'must be > 0')
   config_lib.check(
       warmup == REFERENCE_WARMUP or 0 <= warmup <= num_train_steps,
       'optimizer.warmup_steps', f'{warmup} is neither -1 (the reference '
@@ -147,4 +160,8 @@ def optimizer_config(learning_rate: float) -> ml_collections.ConfigDict:
       # -1: min(10000, max(100, num_train_steps // 10)), the reference's.
       warmup_steps=REFERENCE_WARMUP,
       # False: BERT's Adam, without optax's moment bias correction.
-      bias_correction=True))
+      bias_correction=True,
+      # The retriever's step relative to the reader's (REALM: 1). Adam makes
+      # a noisy gradient a full-size step; while a small reader cannot yet
+      # use its evidence, that walks the ICT retriever away.
+      retriever_lr_scale=1.0))

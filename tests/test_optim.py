@@ -226,3 +226,28 @@ def test_good_warmup_passes(warmup_steps):
   config.warmup_steps = warmup_steps
   optim.validate(config, num_train_steps=10)
 
+
+
+def test_retriever_lr_scale_scales_only_the_retrievers_steps():
+  params = {'retriever': {'kernel': jnp.ones((2, 3))},
+            'reader': {'kernel': jnp.ones((2, 3))}}
+  grads = {'retriever': {'kernel': jnp.full((2, 3), 0.1)},
+           'reader': {'kernel': jnp.full((2, 3), 0.1)}}
+  config = optim.optimizer_config(learning_rate=1e-2)
+  config.warmup_steps = 0
+  steps = {}
+  for scale in (1.0, 0.1):
+    config.retriever_lr_scale = scale
+    tx = optim.make_optimizer(config, num_train_steps=10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    steps[scale] = jax.tree.map(np.asarray, updates)
+  np.testing.assert_allclose(steps[0.1]['retriever']['kernel'],
+                             0.1 * steps[1.0]['retriever']['kernel'],
+                             rtol=1e-6)
+  np.testing.assert_array_equal(steps[0.1]['reader']['kernel'],
+                                steps[1.0]['reader']['kernel'])
+  assert np.abs(steps[1.0]['reader']['kernel']).min() > 0
+  config.retriever_lr_scale = 0.0
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config\.optimizer\.retriever_lr_scale'):
+    optim.validate(config, num_train_steps=10)
