@@ -1,6 +1,7 @@
 """The stages before REALM learn at small scale, on the synthetic
 encyclopedia: realm-mlm's reader and realm-ict's retriever, each far above
-its baseline, so a non-learning implementation fails.
+its baseline, and the reader's copying from a linked block, so a
+non-learning implementation fails.
 
 The recipe is the smoke run's (launch/local_smoke.sh, README "The learning
 test bed"): blocks of 128 pieces, no dropout, 10% warmup, mean pooling.
@@ -25,6 +26,7 @@ SEED = int(os.environ.get('REALM_LEARNING_SEED', '0'))
 DOCS = 2000
 MLM_STEPS = 200
 ICT_STEPS = 300
+COPY_STEPS = 600
 LENGTHS = {'lengths.block_len': 128, 'lengths.max_title_len': 16,
            'lengths.query_len': 40}
 NO_DROPOUT = {'model.dropout_rate': 0.0, 'model.attention_dropout_rate': 0.0}
@@ -80,3 +82,28 @@ def test_ict_retrieves_the_querys_block_far_above_chance(bed):
   print(f'ICT own-block recall {recall}')
   # Measured (seed 0): recall@5 0.854, chance 0.0021.
   assert recall['recall@5'] > 50 * recall['chance@5']
+
+
+def test_linked_pairs_teach_the_reader_to_copy(tmp_path):
+  """realm-mlm's linked pairs (a salient span masked beside another block
+  that holds it) on one-sentence blocks: held-out copy accuracy far above
+  the same reader's beside the null document. A reader that ignores its
+  evidence scores the same beside both."""
+  corpus_config = _config('prepare_corpus', **{
+      'input.synthetic_docs': DOCS, 'input.synthetic_seed': SEED,
+      'lengths.block_len': 32, 'lengths.max_title_len': 16})
+  prepare_corpus.prepare_corpus(corpus_config, str(tmp_path))
+  mlm.train_and_evaluate(_config(
+      'mlm', corpus_dir=str(tmp_path / 'corpus'), seq_len=32,
+      pair_query_len=40, pair_evidence='linked', batch_size=128,
+      num_train_steps=COPY_STEPS, eval_every_steps=COPY_STEPS, seed=SEED,
+      **NO_DROPOUT), str(tmp_path / 'mlm'))
+  last = [r for r in _metrics(tmp_path / 'mlm', 'mlm')
+          if 'eval/copy_accuracy' in r][-1]
+  copy, null = last['eval/copy_accuracy'], last['eval/copy_null_accuracy']
+  print(f'copy accuracy beside the linked block {copy:.3f}, beside the null '
+        f'document {null:.3f}')
+  # Measured at 600 steps: seed 0 0.180 vs 0.042, seed 1 0.129 vs 0.072
+  # (one SE about 0.013); at 300 steps seed 1 had not started copying
+  # (0.067 vs 0.054).
+  assert copy > null + 0.03
