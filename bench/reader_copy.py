@@ -22,7 +22,6 @@ Every row is the mean over the held-out queries +- one standard error.
 Measured: README, The learning test bed.
 """
 import argparse
-import collections
 import functools
 import importlib.util
 import os
@@ -42,6 +41,7 @@ from realm_jax import optim  # pylint: disable=g-import-not-at-top
 from realm_jax import sharding  # pylint: disable=g-import-not-at-top
 from realm_jax import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 from realm_jax.inputs import blocks as blocks_lib  # pylint: disable=g-import-not-at-top
+from realm_jax.inputs import mlm as mlm_input  # pylint: disable=g-import-not-at-top
 from realm_jax.inputs import pretrain as pretrain_input  # pylint: disable=g-import-not-at-top
 from realm_jax.objectives import mlm as mlm_objective  # pylint: disable=g-import-not-at-top
 from realm_jax.retrieval import workspace  # pylint: disable=g-import-not-at-top
@@ -58,16 +58,8 @@ class EvidencePairs:
                evidence_len: int = 128):
     self.corpus = corpus
     self.evidence_len = evidence_len
-    self.blocks = np.load(examples / 'block.npy')
-    self.pieces = np.load(examples / 'pieces.npy')
-    holders = collections.defaultdict(set)
-    spans = []
-    for block, (begin, end, start, stop) in zip(self.blocks, self.pieces):
-      spans.append(tuple(corpus.body_tokens(int(block))[begin:end][start:stop]))
-      holders[spans[-1]].add(int(block))
-    self.others = [sorted(holders[span] - {int(block)})
-                   for span, block in zip(spans, self.blocks)]
-    self.usable = np.array([i for i, o in enumerate(self.others) if o])
+    self.linked = mlm_input.LinkedSpans(corpus, examples, QUERY_LEN)
+    self.usable = self.linked.spans(at_least=0)  # those with a holder
 
   def batch(self, rows, evidence: str, rng: np.random.Generator,
             mask_rate: float = 0.0) -> dict:
@@ -83,8 +75,8 @@ class EvidencePairs:
     weights = np.zeros((n, MAX_MASKS), np.float32)
     evidence_ids = np.full((n, 1), blocks_lib.NULL_BLOCK, np.int64)
     for r, i in enumerate(rows):
-      block = int(self.blocks[i])
-      begin, end, start, stop = (int(x) for x in self.pieces[i])
+      block = int(self.linked.block[i])
+      begin, end, start, stop = (int(x) for x in self.linked.pieces[i])
       sentence = self.corpus.body_tokens(block)[begin:end][:QUERY_LEN - 2]
       query_ids[r, 0] = tokenizer.cls_id
       query_ids[r, 1:len(sentence) + 1] = sentence
@@ -102,7 +94,7 @@ class EvidencePairs:
       if evidence == 'own':
         evidence_ids[r, 0] = block
       elif evidence == 'other':
-        evidence_ids[r, 0] = rng.choice(self.others[i])
+        evidence_ids[r, 0] = rng.choice(self.linked.holders(i))
     reader = blocks_lib.reader_inputs(self.corpus, query_ids, query_mask,
                                       evidence_ids,
                                       QUERY_LEN + self.evidence_len)
@@ -209,7 +201,7 @@ def main():
     print(f'| {step:5d} | ' + ' | '.join(cells) + f' | {seconds:6.0f} |',
           flush=True)
 
-  print(f'{len(pairs.usable)} of {len(pairs.blocks)} salient-span queries '
+  print(f'{len(pairs.usable)} of {len(pairs.linked.block)} salient-span queries '
         f'have a block other than their own that holds the span; '
         f'{args.eval_queries} held out. Training evidence: {args.evidence}.')
   print('| step  | acc, other block | acc, own block | acc, null doc | s |')

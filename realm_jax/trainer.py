@@ -44,6 +44,7 @@ from realm_jax import corpus as corpus_lib
 from realm_jax import metrics as metrics_lib
 from realm_jax import optim
 from realm_jax import sharding
+from realm_jax.inputs import pretrain as pretrain_input
 from realm_jax.retrieval import workspace
 
 PyTree = Any
@@ -233,6 +234,20 @@ def open_corpus(config: ml_collections.ConfigDict,
   if config.init.bert_checkpoint:
     bert_import.check_vocab(corpus.tokenizer, config.init.bert_checkpoint)
   return corpus
+
+
+def salient_examples(corpus: corpus_lib.Corpus, workdir: epath.Path, *,
+                     annotator: str, query_len: int,
+                     max_masks: int) -> epath.Path:
+  """WORKDIR/examples: the corpus's salient spans (inputs/pretrain.py's
+  folder), found once - as REALM did, offline - by process 0."""
+  examples = workdir / 'examples'
+  if not (examples / pretrain_input.MANIFEST).exists():
+    if jax.process_index() == 0:
+      pretrain_input.prepare_examples(corpus, examples, annotator=annotator,
+                                      query_len=query_len, max_masks=max_masks)
+    multihost_utils.sync_global_devices('salient span examples')
+  return examples
 
 
 # -- the loop -----------------------------------------------------------------

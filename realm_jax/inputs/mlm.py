@@ -278,18 +278,10 @@ class MlmInput:
       chosen = np.concatenate([chosen, self._choose(
           ids, np.flatnonzero(~held) + body_start, rng, self._rate,
           self._max_predictions - len(chosen))])
-    chosen = chosen[:self._max_predictions]
-    if masks:
-      return self._masked(ids, reader['reader_segments'][0, 0],
-                          reader['reader_mask'][0, 0], chosen, rng)
-    example = self._masked(ids, reader['reader_segments'][0, 0],
-                           reader['reader_mask'][0, 0], chosen[:0], rng)
-    m = len(chosen)
-    example['token_ids'][chosen] = self._mask_id
-    example['mlm_positions'][:m] = chosen
-    example['mlm_targets'][:m] = ids[chosen]
-    example['mlm_weights'][:m] = 1.0
-    return example
+    return self._masked(ids, reader['reader_segments'][0, 0],
+                        reader['reader_mask'][0, 0],
+                        chosen[:self._max_predictions], rng,
+                        all_masked=not masks)
 
   def _example(self, block, rng) -> dict[str, np.ndarray]:
     length = self._seq_len
@@ -303,13 +295,13 @@ class MlmInput:
                           self._max_predictions)
     return self._masked(ids, block['segment_ids'][:length], mask, chosen, rng)
 
-  def _masked(self, ids, segment_ids, mask, chosen, rng
-              ) -> dict[str, np.ndarray]:
+  def _masked(self, ids, segment_ids, mask, chosen, rng,
+              all_masked: bool = False) -> dict[str, np.ndarray]:
     """The example predicting `chosen` (sorted or not): 80% [MASK], 10% a
-    random piece, 10% kept."""
+    random piece, 10% kept; every one [MASK]ed when `all_masked`."""
     chosen = np.sort(chosen)
     targets = ids.copy()
-    action = rng.random(len(chosen))
+    action = np.zeros(len(chosen)) if all_masked else rng.random(len(chosen))
     replaced = ids.copy()
     replaced[chosen[action < 0.8]] = self._mask_id
     random_rows = chosen[(action >= 0.8) & (action < 0.9)]

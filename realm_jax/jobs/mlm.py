@@ -16,7 +16,6 @@ from collections import Counter
 from etils import epath
 from flax import nnx
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -26,7 +25,6 @@ from realm_jax import models
 from realm_jax import sharding
 from realm_jax import trainer as trainer_lib
 from realm_jax.inputs import mlm as mlm_input
-from realm_jax.inputs import pretrain as pretrain_input
 from realm_jax.objectives import mlm as mlm_objective
 
 
@@ -57,19 +55,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                    f'{config.pair_evidence!r}: one of own, linked')
   config_lib.check(config.pair_evidence == 'own' or config.pair_query_len,
                    'pair_evidence', 'linked pairs need pair_query_len > 0')
-
-
-def salient_examples(config, corpus, workdir: epath.Path) -> epath.Path:
-  """WORKDIR/examples: the corpus's salient spans, found once by process 0
-  (inputs/pretrain.py's folder, for sentences of pair_query_len)."""
-  examples = workdir / 'examples'
-  if not (examples / pretrain_input.MANIFEST).exists():
-    if jax.process_index() == 0:
-      pretrain_input.prepare_examples(
-          corpus, examples, annotator=config.annotator,
-          query_len=config.pair_query_len, max_masks=config.max_predictions)
-    multihost_utils.sync_global_devices('salient span examples')
-  return examples
 
 
 def frozen(path: tuple) -> bool:
@@ -132,8 +117,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       frozen=frozen)
   linked = None
   if config.pair_evidence == 'linked':
-    linked = mlm_input.LinkedSpans(corpus, salient_examples(
-        config, corpus, workdir), config.pair_query_len)
+    examples = trainer_lib.salient_examples(
+        corpus, workdir, annotator=config.annotator,
+        query_len=config.pair_query_len, max_masks=config.max_predictions)
+    linked = mlm_input.LinkedSpans(corpus, examples, config.pair_query_len)
   inputs = mlm_input.MlmInput(
       corpus, global_batch_size=config.batch_size, seq_len=config.seq_len,
       mask_rate=config.mask_rate, max_predictions=config.max_predictions,

@@ -19,7 +19,6 @@ from absl import logging
 from etils import epath
 from flax import nnx
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -84,21 +83,6 @@ class IndexRetriever:
     return self._retriever
 
 
-def salient_examples(config, corpus, workdir: epath.Path) -> epath.Path:
-  """WORKDIR/examples: the salient spans of the corpus, found once (as
-  REALM did, offline) by process 0."""
-  examples = workdir / 'examples'
-  if config.masking.kind == 'salient' and not (
-      examples / pretrain_input.MANIFEST).exists():
-    if jax.process_index() == 0:
-      pretrain_input.prepare_examples(
-          corpus, examples, annotator=config.masking.annotator,
-          query_len=config.lengths.query_len,
-          max_masks=config.masking.max_masks)
-    multihost_utils.sync_global_devices('salient span examples')
-  return examples
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Pre-trains REALM; returns the metrics of the last logged step."""
@@ -125,9 +109,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                 run, field, ('params', part), abstract[part])})
     trainer.save()  # step 0: the index builder's first document tower
 
-  examples = salient_examples(config, corpus, workdir)
+  examples = None
+  if config.masking.kind == 'salient':
+    examples = trainer_lib.salient_examples(
+        corpus, workdir, annotator=config.masking.annotator,
+        query_len=config.lengths.query_len,
+        max_masks=config.masking.max_masks)
+  elif (workdir / 'examples').exists():  # the ablations' query sentences
+    examples = workdir / 'examples'
   inputs = pretrain_input.PretrainInput(
-      corpus, examples if examples.exists() else None,
+      corpus, examples,
       masking=config.masking.kind, global_batch_size=config.batch_size,
       query_len=config.lengths.query_len,
       max_masks=config.masking.max_masks, seed=config.seed,
