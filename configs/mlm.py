@@ -49,6 +49,10 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   # perfect retriever gives REALM's reader); the spans are found once with
   # `annotator` into WORKDIR/examples.
   config.pair_evidence = 'own'
+  # linked only: this fraction of the pairs has, instead, a block that does
+  # not hold the span, so that the reader copies only what its evidence
+  # holds - most of REALM's candidates hold nothing to copy.
+  config.pair_distractor_rate = 0.0
   config.annotator = 'builtin'
   config.head_warmup_steps = 0  # set when the BERT checkpoint has no head
   config.eval_blocks = 256 if tiny else 10_000

@@ -196,13 +196,19 @@ def test_pair_training_logs_copy_accuracy_beside_block_and_null(
   for key in ('eval/mlm_accuracy', 'eval/copy_accuracy',
               'eval/copy_null_accuracy'):
     assert 0.0 <= last[key] <= 1.0
+  config.pair_distractor_rate = 0.3
+  with pytest.raises(config_lib.ConfigError,
+                     match='config.pair_distractor_rate'):  # needs linked
+    mlm.train_and_evaluate(config, str(tmp_path / 'bad'))
   config.pair_evidence = 'linked'  # salient spans beside another block
   linked = tmp_path / 'linked'
   mlm.train_and_evaluate(config, str(linked))
   assert (linked / 'examples' / 'manifest.json').exists()
   rows = [json.loads(line) for line in (
       linked / 'logs' / 'mlm' / 'metrics.jsonl').read_text().splitlines()]
-  assert 'eval/copy_null_accuracy' in rows[-1]
+  for key in ('eval/copy_null_accuracy', 'eval/copy_distractor_accuracy'):
+    assert 0.0 <= rows[-1][key] <= 1.0
+  config.pair_distractor_rate = 0.0
   config.pair_evidence = 'other'
   with pytest.raises(config_lib.ConfigError, match='config.pair_evidence'):
     mlm.train_and_evaluate(config, str(tmp_path / 'bad'))
@@ -267,6 +273,42 @@ def test_linked_pairs_mask_a_span_that_another_block_states(corpus,
     holders = linked_spans.holders(span, below=num_train)
     assert holders.size and (holders < num_train).all()
     assert linked_spans.block[span] not in holders
+
+
+def test_distractor_pairs_hold_nothing_to_copy(corpus, linked_spans):
+  eval_blocks = 64
+  settings = dict(seq_len=128, pair_query_len=24, linked=linked_spans,
+                  eval_blocks=eval_blocks)
+  plain = _inputs(corpus, **settings)
+  inputs = _inputs(corpus, distractor_rate=0.5, **settings)
+  tok = corpus.tokenizer
+
+  def spans_and_bodies(batch):
+    for row in range(len(batch['token_ids'])):
+      ids = batch['token_ids'][row]
+      if not batch['input_mask'][row].any():
+        continue  # padding of the last held-out batch
+      query_len = int(np.flatnonzero(ids == tok.sep_id)[0]) + 1
+      weights = batch['mlm_weights'][row] > 0
+      in_query = batch['mlm_positions'][row][weights] < query_len
+      body = ids[query_len:][batch['input_mask'][row][query_len:] > 0]
+      yield batch['mlm_targets'][row][weights][in_query], body
+
+  held = [_contains(body, span) for step in range(4)
+          for span, body in spans_and_bodies(inputs.batch(step))]
+  assert 0.25 < 1 - np.mean(held) < 0.75  # about half are distractors
+  # The same spans in the same order: only the evidence differs.
+  np.testing.assert_array_equal(inputs.block_ids(3), plain.block_ids(3))
+  own = inputs.copy_eval_batches(8, 'own')
+  distractor = inputs.copy_eval_batches(8, 'distractor')
+  for a, b in zip(own, distractor):
+    np.testing.assert_array_equal(a['mlm_targets'], b['mlm_targets'])
+    assert not any(_contains(body, span) for span, body in
+                   spans_and_bodies(b) if span.size)
+  with pytest.raises(ValueError, match='distractor'):
+    plain.copy_eval_batches(8, 'bogus')
+  with pytest.raises(ValueError, match='distractor_rate'):
+    _inputs(corpus, distractor_rate=0.5)  # without linked pairs
 
 
 def _model():

@@ -49,6 +49,7 @@ from realm_jax.inputs import blocks as blocks_lib
 from realm_jax.inputs import pretrain as pretrain_input
 
 _HOLDER_TRIES = 8
+_DISTRACTOR_TRIES = 16
 MLM_KEYS = ('token_ids', 'segment_ids', 'input_mask', 'mlm_positions',
             'mlm_targets', 'mlm_weights')
 
@@ -70,6 +71,7 @@ class MlmInput:
                whole_word: bool, eval_blocks: int, seed: int,
                pair_query_len: int = 0, pair_mask_rate: float = 0.3,
                linked: 'LinkedSpans | None' = None,
+               distractor_rate: float = 0.0,
                process_index: int = 0, process_count: int = 1):
     if global_batch_size % process_count:
       raise ValueError(f'global batch {global_batch_size} does not split '
@@ -99,6 +101,10 @@ class MlmInput:
     self._sep = tokenizer.sep_id
     self._continues = word_continuations(tokenizer) if whole_word else None
     self._linked = linked
+    if not 0 <= distractor_rate < 1 or (distractor_rate and linked is None):
+      raise ValueError(f'distractor_rate={distractor_rate}: in [0, 1), and '
+                       'only with linked pairs')
+    self._distractor_rate = distractor_rate
     if linked is not None:
       if not pair_query_len:
         raise ValueError('linked pairs need pair_query_len > 0')
@@ -154,18 +160,23 @@ class MlmInput:
                         ) -> list[dict[str, np.ndarray]]:
     """Held-out sentence pairs predicting only sentence pieces, beside the
     sentence's block (`evidence='own'`) or the null document ('null'); the
-    same sentences and masks for both, every call."""
+    same sentences and masks for both, every call. With linked pairs, 'own'
+    is the linked block and 'distractor' a block that does not hold the
+    span: a reader that copies only what its evidence holds scores there as
+    beside the null document."""
     if not self._pair_query_len:
       raise ValueError('copy_eval_batches needs pair_query_len > 0')
-    if evidence not in ('own', 'null'):
-      raise ValueError(f'evidence={evidence!r}: one of own, null')
-    if self._linked is not None:  # the held-out spans; own = the linked block
+    kinds = ('own', 'null') + (('distractor',) if self._linked else ())
+    if evidence not in kinds:
+      raise ValueError(f'evidence={evidence!r}: one of {", ".join(kinds)}')
+    if self._linked is not None:  # the held-out spans
       spans = self._eval_spans
       batches = []
       for start in range(0, len(spans), batch_size):
         chunk = spans[start:start + batch_size]
-        batch = self._linked_examples(chunk, chunk, stream=5, masks=False,
-                                      null=evidence == 'null')
+        batch = self._linked_examples(
+            chunk, chunk, stream=5, masks=False,
+            evidence={'own': 'linked'}.get(evidence, evidence))
         batches.append(_padded(batch, batch_size))
       return batches
     def examples(ids, seeds, stream):
@@ -233,17 +244,20 @@ class MlmInput:
                         reader['reader_mask'][0, 0], chosen, rng)
 
   def _linked_examples(self, spans, seeds, stream: int, masks: bool = True,
-                       null: bool = False) -> dict[str, np.ndarray]:
+                       evidence: str = 'train') -> dict[str, np.ndarray]:
     rows = [self._linked_example(int(i), np.random.default_rng(
-        (self._seed, int(s), stream)), masks, null)
+        (self._seed, int(s), stream)), masks, evidence)
             for i, s in zip(spans, seeds)]
     return {key: np.stack([r[key] for r in rows]) for key in MLM_KEYS}
 
-  def _linked_example(self, span: int, rng, masks: bool, null: bool
+  def _linked_example(self, span: int, rng, masks: bool, evidence: str
                       ) -> dict[str, np.ndarray]:
-    """`[CLS] sentence [SEP] linked body [SEP]` of salient span `span`: the
-    span all predicted ([MASK]ed when not `masks`, else 80/10/10), the
-    body's other pieces at mask_rate (when `masks`)."""
+    """`[CLS] sentence [SEP] body [SEP]` of salient span `span`: the span
+    all predicted ([MASK]ed when not `masks`, else 80/10/10), the body's
+    other pieces at mask_rate (when `masks`). The body is a linked block's
+    (`evidence='linked'`), the null document's ('null'), a block that does
+    not hold the span ('distractor'), or for training ('train') a
+    distractor's with probability distractor_rate, else a linked one's."""
     tokenizer = self._corpus.tokenizer
     linked = self._linked
     block = int(linked.block[span])
@@ -251,20 +265,31 @@ class MlmInput:
     sentence = self._corpus.body_tokens(block)[begin:end]
     sentence = sentence[:self._pair_query_len - 2]
     stop = min(stop, len(sentence))
-    holders = linked.holders(span, below=self._num_train if masks else None)
+    below = self._num_train if masks else None
+    holders = linked.holders(span, below=below)
+    if evidence == 'train':
+      evidence = 'distractor' if (self._distractor_rate and rng.random()
+                                  < self._distractor_rate) else 'linked'
     query = np.zeros((1, self._pair_query_len), np.int32)
     query[0, :len(sentence) + 2] = [tokenizer.cls_id, *sentence,
                                     tokenizer.sep_id]
     query_mask = (np.arange(self._pair_query_len) < len(sentence) + 2)[None]
     chosen = np.arange(start, stop) + 1
     target = query[0, chosen]
-    # A holder whose span lies in the part of its body that fits (a few
-    # tries; else the last one tried).
-    for evidence in ([blocks_lib.NULL_BLOCK] if null else
-                     rng.permutation(holders)[:_HOLDER_TRIES]):
+    # A holder whose span lies in the part of its body that fits, or a
+    # distractor, any other block whose body does not hold it (a few tries;
+    # else the last one tried).
+    if evidence == 'null':
+      tries = [blocks_lib.NULL_BLOCK]
+    elif evidence == 'linked':
+      tries = rng.permutation(holders)[:_HOLDER_TRIES]
+    else:
+      tries = rng.integers(below or len(self._corpus), size=_DISTRACTOR_TRIES)
+      tries = [t for t in tries if t != block] or [blocks_lib.NULL_BLOCK]
+    for body_block in tries:
       reader = blocks_lib.reader_inputs(
           self._corpus, query, query_mask.astype(np.int32),
-          np.array([[evidence]]), self.seq_len)
+          np.array([[body_block]]), self.seq_len)
       ids = reader['reader_ids'][0, 0]
       body_start = int(reader['body_start'][0, 0])
       body = ids[body_start:body_start + int(reader['body_len'][0, 0])]
@@ -272,7 +297,7 @@ class MlmInput:
       for i in range(len(body) - len(target) + 1):
         if np.array_equal(body[i:i + len(target)], target):
           held[i:i + len(target)] = True
-      if held.any():
+      if held.any() == (evidence == 'linked'):
         break
     if masks and len(chosen) < self._max_predictions:
       chosen = np.concatenate([chosen, self._choose(

@@ -55,6 +55,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                    f'{config.pair_evidence!r}: one of own, linked')
   config_lib.check(config.pair_evidence == 'own' or config.pair_query_len,
                    'pair_evidence', 'linked pairs need pair_query_len > 0')
+  config_lib.check(0.0 <= config.pair_distractor_rate < 1.0 and (
+      config.pair_evidence == 'linked' or not config.pair_distractor_rate),
+                   'pair_distractor_rate', 'must be in [0, 1), and 0 unless '
+                   "pair_evidence='linked'")
 
 
 def frozen(path: tuple) -> bool:
@@ -63,18 +67,20 @@ def frozen(path: tuple) -> bool:
 
 
 def make_evaluate(trainer: trainer_lib.Trainer, inputs: mlm_input.MlmInput,
-                  batch_size: int, pairs: bool):
+                  batch_size: int, pairs: bool, linked: bool):
   """evaluate(params) -> held-out loss, MLM accuracy, and the accuracy of
   always predicting the held-out targets' most frequent piece; with
   `pairs`, copy_accuracy / copy_null_accuracy: of the sentence pieces alone,
-  beside their block / the null document."""
+  beside their block / the null document; with `linked` pairs also
+  copy_distractor_accuracy, beside a block that does not hold them."""
   batches = inputs.eval_batches(batch_size)
   targets = Counter(t for b in batches for t, w in zip(
       b['mlm_targets'].ravel(), b['mlm_weights'].ravel()) if w)
   unigram = targets.most_common(1)[0][1] / sum(targets.values())
+  kinds = (('copy', 'own'), ('copy_null', 'null')) + (
+      (('copy_distractor', 'distractor'),) if linked else ())
   copy_batches = {name: inputs.copy_eval_batches(batch_size, evidence)
-                  for name, evidence in (('copy', 'own'),
-                                         ('copy_null', 'null'))} if pairs else {}
+                  for name, evidence in kinds} if pairs else {}
   rows = batch_size // jax.process_count()
   first = jax.process_index() * rows
   metrics_of = jax.jit(
@@ -127,6 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       whole_word=config.whole_word, eval_blocks=config.eval_blocks,
       seed=config.seed, pair_query_len=config.pair_query_len,
       pair_mask_rate=config.pair_mask_rate, linked=linked,
+      distractor_rate=config.pair_distractor_rate,
       process_index=jax.process_index(),
       process_count=jax.process_count())
   rows = config.batch_size // jax.process_count()
@@ -140,7 +147,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   last = trainer.train(
       mlm_objective.loss, host_batch,
       evaluate=make_evaluate(trainer, inputs, config.eval_batch_size,
-                             pairs=config.pair_query_len > 0),
+                             pairs=config.pair_query_len > 0,
+                             linked=linked is not None),
       eval_every_steps=config.eval_every_steps)
   trainer.close()
   return last
