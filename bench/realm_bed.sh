@@ -58,6 +58,12 @@ keys = ('retrieval_utility', 'mlm_accuracy', 'null_mlm_accuracy',
         'fact_recall', 'source_recall', 'retrieval_entropy')
 print('| steps | ' + ' | '.join(keys) + ' |')
 print('|---' * (len(keys) + 1) + '|')
+evals = [r for r in map(json.loads, path.read_text().splitlines())
+         if 'eval/fact_recall' in r]
+print('held-out queries, step: eval/fact_recall, eval/source_recall')
+for r in evals:
+  print(f"  {r['step']}: {r['eval/fact_recall']:.3f}, "
+        f"{r['eval/source_recall']:.3f}")
 for first in range(0, len(rows), 50):
   part = rows[first:first + 50]
   print(f'| {part[0]["step"]}-{part[-1]["step"]} | '

@@ -63,6 +63,11 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   # Every step: the step already waits for its retrieval, so reading the
   # metrics back costs nothing.
   config.log_every_steps = 1
+  # Held-out retrieval (eval/fact_recall, eval/source_recall): this many
+  # batches of queries of their own, searched in the served index, at
+  # step 0 (the ICT start), every eval_every_steps and at the end; 0: none.
+  config.eval_batches = 64 if tiny else 8
+  config.eval_every_steps = 50 if tiny else 5_000
   config.seed = 0
   config.mesh = config_lib.mesh_config()
   config.axis_rules = config_lib.AXIS_RULES

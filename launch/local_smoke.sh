@@ -67,7 +67,8 @@ def mean_se(values):
   return mean, math.sqrt(var / n)
 mlm = [r for r in rows('mlm', 'mlm') if 'eval/mlm_accuracy' in r]
 ict = rows('ict', 'ict')
-realm = rows('realm', 'pretrain')
+realm = [r for r in rows('realm', 'pretrain') if 'loss' in r]
+held_out = [r for r in rows('realm', 'pretrain') if 'eval/fact_recall' in r]
 print(f"corpus: {manifest['num_blocks']} blocks from "
       f"{manifest['num_documents']} documents")
 print(f"MLM:  held-out masked-LM accuracy {mlm[0]['eval/mlm_accuracy']:.3f} "
@@ -94,6 +95,10 @@ print(f"       MLM accuracy {acc:.3f} +- {acc_se:.3f} vs the same reader "
 print(f"       a retrieved block states the masked fact: {f0:.3f} +- "
       f"{f0_se:.3f} (first {n} steps, ICT's retriever) -> {f1:.3f} +- "
       f"{f1_se:.3f} (last {n})")
+print(f"       held-out queries ({held_out[0]['step']} -> "
+      f"{held_out[-1]['step']}): a retrieved block states the masked fact "
+      f"{held_out[0]['eval/fact_recall']:.3f} -> "
+      f"{held_out[-1]['eval/fact_recall']:.3f}")
 print(f"       source block retrieved in the top 8: "
       f"{mean_se([r['source_recall'] for r in late])[0]:.2f}")
 steps = sorted({int(r['index_step']) for r in realm})

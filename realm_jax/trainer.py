@@ -317,7 +317,8 @@ class Trainer:
             eval_every_steps: int = 0) -> dict:
     """Trains to config.num_train_steps; returns the last logged metrics.
 
-    `evaluate(params) -> metrics`, when given, runs every
+    `evaluate(params) -> metrics`, when given, runs before the first step
+    of a fresh run (step 0: where training starts from), every
     `eval_every_steps` and after the last step; its metrics are logged
     (and returned) under eval/.
     """
@@ -334,6 +335,14 @@ class Trainer:
                            desc=self.name, initial=self.start_step,
                            total=config.num_train_steps,
                            disable=jax.process_index() > 0)
+    def log_evaluation(done):
+      results = {f'eval/{k}': float(v)
+                 for k, v in evaluate(self.state['params']).items()}
+      self.writer.write(done, results)
+      return results
+
+    if evaluate is not None and self.start_step == 0:
+      last = log_evaluation(0)
     for step in progress:
       clock.host_started()
       batch, host_metrics = host_batch(step, self.state['params'])
@@ -343,14 +352,11 @@ class Trainer:
       done = step + 1
       if done % config.log_every_steps == 0 or done == config.num_train_steps:
         last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        last |= _mean_over_processes(host_metrics) | clock.metrics(done)
+        last |= mean_over_processes(host_metrics) | clock.metrics(done)
         self.writer.write(done, last)
       if evaluate is not None and (done == config.num_train_steps or (
           eval_every_steps and done % eval_every_steps == 0)):
-        results = {f'eval/{k}': float(v)
-                   for k, v in evaluate(self.state['params']).items()}
-        self.writer.write(done, results)
-        last |= results
+        last |= log_evaluation(done)
       checkpointing.save(self.manager, done, self.state,
                          dict(next_step=done),
                          force=done == config.num_train_steps)
@@ -363,7 +369,7 @@ class Trainer:
     self.writer.close()
 
 
-def _mean_over_processes(host_metrics: Mapping[str, float]) -> dict:
+def mean_over_processes(host_metrics: Mapping[str, float]) -> dict:
   """Host-side metrics of this process, averaged over all processes."""
   if not host_metrics:
     return {}

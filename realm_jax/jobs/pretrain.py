@@ -15,6 +15,8 @@ every encoder and, when it has one, the MLM head), a realm-mlm run
 (`config.init_from`: the retriever); saves step 0 so the index builder can
 embed the corpus with it, and waits for that first index.
 """
+import collections
+
 from absl import logging
 from etils import epath
 from flax import nnx
@@ -43,11 +45,15 @@ _READER_FIELDS = (*bert_import.ARCHITECTURE_FIELDS, 'span_hidden_size',
 
 
 QUERY_EMBEDDERS = ('current', 'index')
+_EVAL_SEED_OFFSET = 1_000_003  # eval queries: a stream of their own
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   trainer_lib.validate(config, num_devices)
   pretrain_input.validate(config)
+  config_lib.check(config.eval_batches >= 0, 'eval_batches', 'must be >= 0')
+  config_lib.check(config.eval_every_steps >= 0, 'eval_every_steps',
+                   'must be >= 0')
   config_lib.check(config.query_embedder in QUERY_EMBEDDERS,
                    'query_embedder', f'{config.query_embedder!r} is not one '
                    f'of {QUERY_EMBEDDERS}')
@@ -137,10 +143,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   index_retriever = (IndexRetriever(trainer.manager)
                      if config.query_embedder == 'index' else None)
 
-  def host_batch(step, params):
-    handle.maybe_swap()  # between steps: never mid-step
-    versions_used.add(handle.checkpoint_step)
-    host = inputs.batch(step)
+  def search(host, params):
+    """The candidates (block ids [b, K], valid [b, K]) of this host's
+    queries, and the raw search results."""
     queries = {k: host[k] for k in ('query_ids', 'query_mask')}
     if index_retriever:
       params = dict(params, retriever=index_retriever.get(
@@ -153,6 +158,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     chosen, valid = pretrain_input.choose_candidates(
         retrieved, corpus.uid64(np.maximum(retrieved, 0)).reshape(
             retrieved.shape), host['source_uid64'], config.num_candidates)
+    return chosen, valid, retrieved
+
+  def retrieval_metrics(host, chosen, valid, retrieved):
+    return dict(
+        source_recall=(retrieved[:, :config.num_candidates] ==
+                       host['source_block'][:, None]).any(1).mean(),
+        fact_recall=pretrain_input.fact_found(corpus, host, chosen,
+                                              valid).mean())
+
+  def host_batch(step, params):
+    handle.maybe_swap()  # between steps: never mid-step
+    versions_used.add(handle.checkpoint_step)
+    host = inputs.batch(step)
+    chosen, valid, retrieved = search(host, params)
+    queries = {k: host[k] for k in ('query_ids', 'query_mask')}
     batch = dict(queries, **pretrain_input.candidate_inputs(
         corpus, queries, chosen, config.lengths.joint_len),
                  candidate_valid=valid.astype(np.int32), **{
@@ -161,14 +181,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     return batch, dict(
         index_step=handle.checkpoint_step,
         index_staleness=step - handle.checkpoint_step,
-        source_recall=(retrieved[:, :config.num_candidates] ==
-                       host['source_block'][:, None]).any(1).mean(),
         candidates_missing=(~valid).sum(1).mean(),
-        fact_recall=pretrain_input.fact_found(corpus, host, chosen,
-                                              valid).mean(),
-        index_versions_used=len(versions_used))
+        index_versions_used=len(versions_used),
+        **retrieval_metrics(host, chosen, valid, retrieved))
 
-  last = trainer.train(realm_objective.loss, host_batch)
+  # Held-out retrieval: the same eval queries every time (their own seed),
+  # searched in the served index with the current query tower, so that
+  # the retriever's progress from its ICT start (step 0) is measured on
+  # more queries than a training batch has.
+  eval_inputs = pretrain_input.PretrainInput(
+      corpus, examples, masking=config.masking.kind,
+      global_batch_size=config.batch_size,
+      query_len=config.lengths.query_len, max_masks=config.masking.max_masks,
+      seed=config.seed + _EVAL_SEED_OFFSET,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      random_mask_rate=config.masking.random_mask_rate)
+
+  def evaluate(params):
+    totals = collections.Counter()
+    for chunk in range(config.eval_batches):
+      host = eval_inputs.batch(chunk)
+      for name, value in retrieval_metrics(host, *search(host,
+                                                         params)).items():
+        totals[name] += value / config.eval_batches
+    return trainer_lib.mean_over_processes(
+        dict(totals, index_step=handle.checkpoint_step))
+
+  last = trainer.train(
+      realm_objective.loss, host_batch,
+      evaluate=evaluate if config.eval_batches else None,
+      eval_every_steps=config.eval_every_steps)
   handle.close()
   trainer.close()
   return last
