@@ -8,17 +8,18 @@
 #   e.g. bash bench/realm_bed.sh /tmp/bed trained \
 #          --config.optimizer.retriever_lr_scale=0.1
 #        bash bench/realm_bed.sh /tmp/bed frozen --config.freeze_retriever=true
-# A rerun resumes every stage; SEED (default 0) seeds all of them.
+# A rerun resumes every stage; SEED (default 0) seeds all of them; DOCS
+# (default 2000) is the number of synthetic articles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W="$(realpath -m "$1")"; RUN="${2:-realm}"; shift $(( $# < 2 ? $# : 2 ))
-SEED="${SEED:-0}"
+SEED="${SEED:-0}"; DOCS="${DOCS:-2000}"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 LENGTHS=(--config.lengths.block_len=32 --config.lengths.max_title_len=16)
 NO_DROPOUT=(--config.model.dropout_rate=0 --config.model.attention_dropout_rate=0)
 [ -f "$W/corpus/manifest.json" ] || .venv/bin/realm-prepare-corpus \
   --config=configs/prepare_corpus.py:tiny --workdir="$W" "${LENGTHS[@]}" \
-  --config.input.synthetic_seed="$SEED"
+  --config.input.synthetic_seed="$SEED" --config.input.synthetic_docs="$DOCS"
 .venv/bin/realm-mlm --config=configs/mlm.py:tiny --workdir="$W/mlm" \
   --config.corpus_dir="$W/corpus" --config.seq_len=32 \
   --config.pair_query_len=40 --config.pair_evidence=linked \

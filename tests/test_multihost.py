@@ -110,6 +110,10 @@ def _run(corpus_workdir, workdir, num_processes):
   return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _train_rows(rows):
+  return [r for r in rows if 'loss' in r]
+
+
 @pytest.fixture(scope='module')
 def runs(tiny_corpus_workdir, tmp_path_factory):
   root = tmp_path_factory.mktemp('multihost')
@@ -120,6 +124,14 @@ def runs(tiny_corpus_workdir, tmp_path_factory):
 @pytest.mark.slow
 def test_two_processes_train_as_one_across_a_restart(runs):
   (single, _), (multi, workdir) = runs[1], runs[2]
+  # Held-out retrieval at step 0 searches the same index with the same
+  # queries, split over the processes or not.
+  first_eval = [[r for r in rows if 'eval/fact_recall' in r][0]
+                for rows in (single, multi)]
+  assert first_eval[0]['step'] == first_eval[1]['step'] == 0
+  np.testing.assert_allclose(first_eval[0]['eval/fact_recall'],
+                             first_eval[1]['eval/fact_recall'])
+  single, multi = _train_rows(single), _train_rows(multi)
   assert [r['step'] for r in multi] == list(range(1, 7))
   assert [r['step'] for r in single] == list(range(1, 7))
   for key in ('loss', 'mlm_accuracy', 'l2_grads', 'p_null'):

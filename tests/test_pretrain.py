@@ -45,7 +45,9 @@ def _batch(seed=0):
       reader_segments=ones(B, K, J), reader_mask=ones(B, K, J),
       mlm_positions=rng.integers(1, Q, (B, M)).astype(np.int32),
       mlm_targets=ints(B, M),
-      mlm_weights=np.array([[1, 1, 0], [1, 1, 1]], np.float32))
+      mlm_weights=np.array([[1, 1, 0], [1, 1, 1]], np.float32),
+      candidate_holds_span=np.zeros((B, K), np.int32))
+  batch['candidate_holds_span'][0, 1] = batch['candidate_holds_span'][1, 2:] = 1
   batch['query_mask'][0, -2:] = 0
   batch['candidate_mask'][:, 0, 3:] = 0  # a null-like short candidate
   return batch
@@ -100,6 +102,15 @@ def test_marginal_loss_matches_numpy(model_and_params):
   np.testing.assert_allclose(metrics['p_null'], p_z[:, 0].mean(), rtol=1e-5)
   np.testing.assert_allclose(metrics['retrieval_entropy'],
                              -(p_z * log_p_z).sum(1).mean(), rtol=1e-5)
+  # Per token j: p(z | x, y_j) = p(z | x) p(y_j | z, x) / p(y_j | x); then
+  # averaged over the query's tokens, summed over the span's holders.
+  holds = batch['candidate_holds_span'].astype(bool)
+  posterior = np.exp(joint - marginal[:, None, :])
+  posterior = (posterior * w[:, None, :]).sum(-1) / w.sum(-1)[:, None]
+  np.testing.assert_allclose(metrics['holder_prior'],
+                             (p_z * holds).sum(1).mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics['holder_posterior'],
+                             (posterior * holds).sum(1).mean(), rtol=1e-4)
 
 
 def test_gradients_reach_retriever_and_reader(model_and_params):
@@ -364,6 +375,9 @@ def test_fact_found_is_a_candidate_holding_the_masked_span(
   valid = np.ones_like(chosen, bool)
   np.testing.assert_array_equal(
       pretrain_input.fact_found(corpus, batch, chosen, valid), [True, False])
+  np.testing.assert_array_equal(
+      pretrain_input.span_holders(corpus, batch, chosen, valid),
+      [[False, False, True], [False, False, False]])
   valid[0, 2] = False  # an unfilled slot does not count
   np.testing.assert_array_equal(
       pretrain_input.fact_found(corpus, batch, chosen, valid), [False, False])

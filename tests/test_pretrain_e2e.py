@@ -97,8 +97,15 @@ def test_pretrain_hot_swaps_indices_built_beside_it(ict_workdir, tmp_path):
     assert builder.wait(timeout=600) == 0, _builder_log(workdir)
   finally:
     builder.kill()
-  rows = _metrics(workdir)
+  rows = [r for r in _metrics(workdir) if 'loss' in r]
   assert [r['step'] for r in rows] == list(range(1, 41))
+  # Held-out retrieval at the ICT start and at the end.
+  evals = [r for r in _metrics(workdir) if 'eval/fact_recall' in r]
+  assert [r['step'] for r in evals] == [0, 40]
+  assert evals[0]['eval/index_step'] == 0
+  for row in evals:
+    assert 0 <= row['eval/fact_recall'] <= 1
+    assert 0 <= row['eval/source_recall'] <= 1
   for row in rows:
     assert np.isfinite(row['loss']) and 0 <= row['p_null'] <= 1
     assert row['index_staleness'] >= 0

@@ -444,21 +444,28 @@ def candidate_inputs(corpus: corpus_lib.Corpus, query_batch: dict,
               reader_mask=reader['reader_mask'])
 
 
-def fact_found(corpus: corpus_lib.Corpus, batch: dict[str, np.ndarray],
-               chosen: np.ndarray, valid: np.ndarray) -> np.ndarray:
-  """bool [B]: a candidate block (other than the query's own) holds the
-  masked span's text - on the synthetic corpus, where names and dates are
-  unique, a block that states the masked fact. Case-insensitive, as the
-  tokenizer may lowercase."""
+def span_holders(corpus: corpus_lib.Corpus, batch: dict[str, np.ndarray],
+                 chosen: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """bool [B, K]: candidate k of query b (a block other than the query's
+  own, never the null document) holds the masked span's text - on the
+  synthetic corpus, where names and dates are unique, a block that states
+  the masked fact. Case-insensitive, as the tokenizer may lowercase."""
   tokenizer = corpus.tokenizer
-  found = np.zeros(len(chosen), bool)
+  holds = np.zeros(chosen.shape, bool)
   for row in range(len(chosen)):
     pieces = batch['mlm_targets'][row][batch['mlm_weights'][row] > 0]
     span = tokenizer.decode(pieces.tolist()).strip().lower()
-    ids = chosen[row][valid[row] & (chosen[row] != blocks_lib.NULL_BLOCK)]
-    found[row] = bool(span) and any(
-        span in r['text'].lower() for r in corpus.records(ids))
-  return found
+    slots = np.flatnonzero(valid[row] & (chosen[row] != blocks_lib.NULL_BLOCK))
+    if span and slots.size:
+      records = corpus.records(chosen[row][slots])
+      holds[row, slots] = [span in r['text'].lower() for r in records]
+  return holds
+
+
+def fact_found(corpus: corpus_lib.Corpus, batch: dict[str, np.ndarray],
+               chosen: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """bool [B]: a candidate block holds the masked span (span_holders)."""
+  return span_holders(corpus, batch, chosen, valid).any(1)
 
 
 def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -475,6 +482,7 @@ def batch_shapes(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
       reader_ids=(b, k, lengths.joint_len),
       reader_segments=(b, k, lengths.joint_len),
       reader_mask=(b, k, lengths.joint_len),
-      mlm_positions=(b, m), mlm_targets=(b, m), mlm_weights=(b, m))
+      mlm_positions=(b, m), mlm_targets=(b, m), mlm_weights=(b, m),
+      candidate_holds_span=(b, k))
   return {name: (shape, np.float32 if name == 'mlm_weights' else np.int32)
           for name, shape in shapes.items()}

@@ -160,22 +160,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             retrieved.shape), host['source_uid64'], config.num_candidates)
     return chosen, valid, retrieved
 
-  def retrieval_metrics(host, chosen, valid, retrieved):
+  def retrieval_metrics(host, holders, retrieved):
     return dict(
         source_recall=(retrieved[:, :config.num_candidates] ==
                        host['source_block'][:, None]).any(1).mean(),
-        fact_recall=pretrain_input.fact_found(corpus, host, chosen,
-                                              valid).mean())
+        fact_recall=holders.any(1).mean())
 
   def host_batch(step, params):
     handle.maybe_swap()  # between steps: never mid-step
     versions_used.add(handle.checkpoint_step)
     host = inputs.batch(step)
     chosen, valid, retrieved = search(host, params)
+    holders = pretrain_input.span_holders(corpus, host, chosen, valid)
     queries = {k: host[k] for k in ('query_ids', 'query_mask')}
     batch = dict(queries, **pretrain_input.candidate_inputs(
         corpus, queries, chosen, config.lengths.joint_len),
-                 candidate_valid=valid.astype(np.int32), **{
+                 candidate_valid=valid.astype(np.int32),
+                 candidate_holds_span=holders.astype(np.int32), **{
                      k: host[k] for k in ('mlm_positions', 'mlm_targets',
                                           'mlm_weights')})
     return batch, dict(
@@ -183,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         index_staleness=step - handle.checkpoint_step,
         candidates_missing=(~valid).sum(1).mean(),
         index_versions_used=len(versions_used),
-        **retrieval_metrics(host, chosen, valid, retrieved))
+        **retrieval_metrics(host, holders, retrieved))
 
   # Held-out retrieval: the same eval queries every time (their own seed),
   # searched in the served index with the current query tower, so that
@@ -201,8 +202,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     totals = collections.Counter()
     for chunk in range(config.eval_batches):
       host = eval_inputs.batch(chunk)
-      for name, value in retrieval_metrics(host, *search(host,
-                                                         params)).items():
+      chosen, valid, retrieved = search(host, params)
+      holders = pretrain_input.span_holders(corpus, host, chosen, valid)
+      for name, value in retrieval_metrics(host, holders, retrieved).items():
         totals[name] += value / config.eval_batches
     return trainer_lib.mean_over_processes(
         dict(totals, index_step=handle.checkpoint_step))

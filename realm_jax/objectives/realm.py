@@ -18,7 +18,11 @@ towers through p(z | x) and the reader through p(y | z, x).
 Retrieval utility (paper App. D): log p(y | x) - log p(y | z_0, x), how much
 the retrieved documents help over the null document alone; likewise
 mlm_accuracy (of the mixture) against null_mlm_accuracy (the reader given
-z_0 alone).
+z_0 alone). Given which candidates hold the masked span, holder_prior is
+the retriever's probability on them and holder_posterior the same after
+seeing the tokens: the score gradient is prior - posterior, so
+holder_posterior > holder_prior means the step pulls the retriever towards
+blocks that state the masked fact.
 """
 from flax import nnx
 import jax
@@ -33,6 +37,8 @@ def loss(params, batch, dropout_key, graphdef):
 
   batch: query_ids/query_mask [B, Q]; candidate_{ids,segments,mask}
   [B, K, L] (retriever inputs) and candidate_valid [B, K];
+  optional candidate_holds_span [B, K] (for metrics only: the candidate
+  holds the masked span, inputs/pretrain.py span_holders);
   reader_{ids,segments,mask} [B, K, J];
   mlm_positions/mlm_targets/mlm_weights [B, M] (positions in the query).
   """
@@ -80,6 +86,13 @@ def loss(params, batch, dropout_key, graphdef):
   null_logits = logits.reshape(b, k, *logits.shape[1:])[:, 0]
   null_correct = jnp.argmax(null_logits, axis=-1) == batch['mlm_targets']
   p_z = jnp.exp(log_p_z)
+  # Where the retriever's gradient points: each masked token's posterior
+  # p(z | x, y_j) against the prior p(z | x) (the score gradient is their
+  # difference), summed over the candidates that hold the masked span.
+  posterior = jnp.exp(log_p_z[:, :, None] + log_p_y_given_z
+                      - marginal[:, None, :])  # [B, K, M]
+  token_weights = weights / jnp.maximum(weights.sum(-1, keepdims=True), 1.0)
+  posterior = (posterior * token_weights[:, None, :]).sum(-1)  # [B, K]
   metrics = dict(
       loss=loss_value,
       mlm_accuracy=(correct * weights).sum() / num_targets,
@@ -88,4 +101,8 @@ def loss(params, batch, dropout_key, graphdef):
       / num_targets,
       p_null=p_z[:, 0].mean(),
       retrieval_entropy=-(p_z * log_p_z).sum(-1).mean())
+  if 'candidate_holds_span' in batch:
+    holds = batch['candidate_holds_span'].astype(jnp.float32)
+    metrics.update(holder_prior=(p_z * holds).sum(-1).mean(),
+                   holder_posterior=(posterior * holds).sum(-1).mean())
   return loss_value, metrics
