@@ -24,7 +24,7 @@ NO_DROPOUT=(--config.model.dropout_rate=0 --config.model.attention_dropout_rate=
   --config.corpus_dir="$W/corpus" --config.seq_len=32 \
   --config.pair_query_len=40 --config.pair_evidence=linked \
   --config.batch_size=128 --config.num_train_steps=600 \
-  --config.eval_every_steps=150 --config.log_every_steps=150 \
+  --config.eval_blocks=128 --config.eval_every_steps=150 --config.log_every_steps=150 \
   --config.seed="$SEED" "${NO_DROPOUT[@]}"
 .venv/bin/realm-ict --config=configs/ict.py:tiny --workdir="$W/ict" \
   --config.corpus_dir="$W/corpus" --config.model.pooling=mean \
@@ -42,7 +42,8 @@ trap 'kill $BUILDER 2>/dev/null || true' EXIT
   --config.init_from="$W/ict" --config.init.reader_from="$W/mlm" \
   --config.model.pooling=mean "${LENGTHS[@]}" --config.lengths.query_len=40 \
   --config.lengths.joint_len=72 --config.batch_size=16 \
-  --config.num_train_steps=300 --config.seed="$SEED" "${NO_DROPOUT[@]}" "$@"
+  --config.num_train_steps=300 --config.eval_batches=64 \
+  --config.seed="$SEED" "${NO_DROPOUT[@]}" "$@"
 wait $BUILDER
 trap - EXIT
 .venv/bin/python - "$REALM" <<'PY'
@@ -61,7 +62,8 @@ print('| steps | ' + ' | '.join(keys) + ' |')
 print('|---' * (len(keys) + 1) + '|')
 evals = [r for r in map(json.loads, path.read_text().splitlines())
          if 'eval/fact_recall' in r]
-print('held-out queries, step: eval/fact_recall, eval/source_recall')
+print('held-out queries (blocks no training query came from), step: '
+      'eval/fact_recall, eval/source_recall')
 for r in evals:
   print(f"  {r['step']}: {r['eval/fact_recall']:.3f}, "
         f"{r['eval/source_recall']:.3f}")

@@ -66,7 +66,10 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   # Held-out retrieval (eval/fact_recall, eval/source_recall): this many
   # batches of queries of their own, searched in the served index, at
   # step 0 (the ICT start), every eval_every_steps and at the end; 0: none.
-  config.eval_batches = 64 if tiny else 8
+  # The queries are sentences of about eval_heldout_fraction of the blocks
+  # (by uid), which never give a training query (they stay in the index).
+  config.eval_batches = 8
+  config.eval_heldout_fraction = 0.25 if tiny else 0.01
   config.eval_every_steps = 50 if tiny else 5_000
   config.seed = 0
   config.mesh = config_lib.mesh_config()

@@ -217,6 +217,41 @@ def test_host_slices_make_the_global_batch(corpus, examples, masking):
         np.concatenate([s[key] for s in slices]), whole[key])
 
 
+@pytest.mark.parametrize('masking,use_examples', [
+    ('salient', True), ('random_tokens', True), ('random_spans', False)])
+def test_heldout_split_by_block(corpus, examples, masking, use_examples):
+  folder = examples if use_examples else None
+  split = dict(masking=masking, heldout_fraction=0.25,
+               global_batch_size=64)
+  train = _make_input(corpus, folder, **split, split='train')
+  held = _make_input(corpus, folder, **split, split='eval', seed=7)
+  uid = corpus.uid64(np.arange(len(corpus)))
+  # An independent reading of the rule: the block's uid picks its split.
+  heldout = (uid % (1 << 20)) < 0.25 * (1 << 20)
+  assert 0.1 < heldout.mean() < 0.4
+  train_blocks = np.concatenate([train.batch(s)['source_block']
+                                 for s in range(4)])
+  held_blocks = np.concatenate([held.batch(s)['source_block']
+                                for s in range(4)])
+  assert not heldout[train_blocks].any() and heldout[held_blocks].all()
+  assert len(set(held_blocks)) > 20
+  np.testing.assert_array_equal(train.is_heldout(np.arange(len(corpus))),
+                                heldout)
+  # The whole-corpus stream is unchanged by the split's existence.
+  whole = _make_input(corpus, folder, masking=masking, global_batch_size=64)
+  assert heldout[whole.batch(0)['source_block']].any()
+  for key, value in held.batch(1).items():
+    np.testing.assert_array_equal(value, held.batch(1)[key])
+  with pytest.raises(ValueError, match='heldout_fraction'):
+    _make_input(corpus, folder, masking=masking, split='eval')
+  with pytest.raises(ValueError, match='split='):
+    _make_input(corpus, folder, masking=masking, split='dev',
+                heldout_fraction=0.25)
+  with pytest.raises(ValueError, match='no held-out query'):
+    _make_input(corpus, folder, masking=masking, split='eval',
+                heldout_fraction=1e-9).batch(0)
+
+
 @pytest.mark.parametrize('use_examples', [True, False])
 def test_random_tokens(corpus, examples, use_examples):
   inputs = _make_input(corpus, examples if use_examples else None,

@@ -271,6 +271,10 @@ def load_examples(corpus: corpus_lib.Corpus,
           np.load(path / 'pieces.npy', mmap_mode='r'))
 
 
+_HELDOUT_BUCKETS = 1 << 20
+_MAX_DRAWS = 10_000
+
+
 class PretrainInput:
   """Host-local pre-training query batches for a given step.
 
@@ -283,6 +287,12 @@ class PretrainInput:
   probability random_mask_rate (at least one, at most max_masks);
   'random_spans' one run of pieces as long as a salient span (drawn from the
   examples' lengths; 1-5 uniformly without examples).
+
+  `heldout_fraction` > 0 splits the queries by their sentence's block:
+  about that fraction of blocks (fixed by block uid, not by seed) give the
+  split='eval' queries and never a split='train' one; the blocks stay in
+  the index, so held-out queries measure retrieval of facts for sentences
+  the trainer never read (a rejected draw is redrawn from the same stream).
   """
 
   def __init__(self, corpus: corpus_lib.Corpus,
@@ -290,7 +300,8 @@ class PretrainInput:
                masking: str = 'salient', global_batch_size: int,
                query_len: int, max_masks: int, seed: int,
                process_index: int = 0, process_count: int = 1,
-               random_mask_rate: float = 0.15):
+               random_mask_rate: float = 0.15,
+               heldout_fraction: float = 0.0, split: str = 'train'):
     if masking not in MASKINGS:
       raise ValueError(f'masking={masking!r}: one of {MASKINGS}')
     if global_batch_size % process_count:
@@ -300,7 +311,14 @@ class PretrainInput:
       raise ValueError(f'need query_len >= 3 (got {query_len}), max_masks >= '
                        f'1 (got {max_masks}), 0 < random_mask_rate <= 1 (got '
                        f'{random_mask_rate})')
+    if split not in ('train', 'eval') or not 0 <= heldout_fraction < 1 or (
+        split == 'eval' and not heldout_fraction):
+      raise ValueError(f"split={split!r} (one of 'train', 'eval') with "
+                       f'heldout_fraction={heldout_fraction}: need 0 <= '
+                       'heldout_fraction < 1, and > 0 for the eval split')
     self._corpus = corpus
+    self._heldout_fraction = heldout_fraction
+    self._want_heldout = split == 'eval'
     self._masking = masking
     self._global_batch = global_batch_size
     self._local_batch = global_batch_size // process_count
@@ -323,16 +341,32 @@ class PretrainInput:
       raise ValueError("masking='salient' needs examples_dir (make it with "
                        'prepare_examples)')
 
+  def is_heldout(self, blocks: np.ndarray) -> np.ndarray:
+    """Whether each block's sentences are held-out (eval) queries."""
+    uid = self._corpus.uid64(np.asarray(blocks, np.int64))
+    return (uid % _HELDOUT_BUCKETS) < self._heldout_fraction * _HELDOUT_BUCKETS
+
   def _query(self, index: int) -> tuple[int, np.ndarray, np.ndarray]:
     """Block id, sentence pieces and the indices to mask of example `index`."""
     rng = np.random.default_rng((self._seed, index, 2))
     limit = self._query_len - 2
+    for _ in range(_MAX_DRAWS):
+      if self.manifest is not None:
+        row = rng.integers(len(self._blocks))
+        block = int(self._blocks[row])
+      else:
+        block = int(rng.integers(len(self._corpus)))
+      if (not self._heldout_fraction
+          or bool(self.is_heldout([block])[0]) == self._want_heldout):
+        break
+    else:
+      raise ValueError(
+          f'no {"held-out" if self._want_heldout else "training"} query in '
+          f'{_MAX_DRAWS} draws: heldout_fraction={self._heldout_fraction} '
+          f'leaves (almost) none of the {len(self._corpus)} blocks')
     if self.manifest is not None:
-      row = rng.integers(len(self._blocks))
-      block = int(self._blocks[row])
       begin, end, span_start, span_end = (int(x) for x in self._pieces[row])
     else:
-      block = int(rng.integers(len(self._corpus)))
       bounds = self._corpus.sentence_bounds(block)
       begin, end = (int(x) for x in bounds[rng.integers(len(bounds))])
     sentence = self._corpus.body_tokens(block)[begin:end][:limit]

@@ -16,6 +16,7 @@ every encoder and, when it has one, the MLM head), a realm-mlm run
 embed the corpus with it, and waits for that first index.
 """
 import collections
+import functools
 
 from absl import logging
 from etils import epath
@@ -54,6 +55,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   config_lib.check(config.eval_batches >= 0, 'eval_batches', 'must be >= 0')
   config_lib.check(config.eval_every_steps >= 0, 'eval_every_steps',
                    'must be >= 0')
+  config_lib.check(
+      not config.eval_batches or 0 < config.eval_heldout_fraction < 1,
+      'eval_heldout_fraction', 'must be in (0, 1) when eval_batches > 0')
   config_lib.check(config.query_embedder in QUERY_EMBEDDERS,
                    'query_embedder', f'{config.query_embedder!r} is not one '
                    f'of {QUERY_EMBEDDERS}')
@@ -123,13 +127,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         max_masks=config.masking.max_masks)
   elif (workdir / 'examples').exists():  # the ablations' query sentences
     examples = workdir / 'examples'
-  inputs = pretrain_input.PretrainInput(
-      corpus, examples,
+  heldout = config.eval_heldout_fraction if config.eval_batches else 0.0
+  make_input = functools.partial(
+      pretrain_input.PretrainInput, corpus, examples,
       masking=config.masking.kind, global_batch_size=config.batch_size,
       query_len=config.lengths.query_len,
-      max_masks=config.masking.max_masks, seed=config.seed,
+      max_masks=config.masking.max_masks,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      random_mask_rate=config.masking.random_mask_rate)
+      random_mask_rate=config.masking.random_mask_rate,
+      heldout_fraction=heldout)
+  inputs = make_input(seed=config.seed, split='train')
   embed_queries = embedding.jit_embed_queries(
       trainer.graphdef, trainer.shardings['params'], trainer.batch_sharding,
       trainer.mesh)
@@ -186,17 +193,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         index_versions_used=len(versions_used),
         **retrieval_metrics(host, holders, retrieved))
 
-  # Held-out retrieval: the same eval queries every time (their own seed),
-  # searched in the served index with the current query tower, so that
-  # the retriever's progress from its ICT start (step 0) is measured on
-  # more queries than a training batch has.
-  eval_inputs = pretrain_input.PretrainInput(
-      corpus, examples, masking=config.masking.kind,
-      global_batch_size=config.batch_size,
-      query_len=config.lengths.query_len, max_masks=config.masking.max_masks,
-      seed=config.seed + _EVAL_SEED_OFFSET,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      random_mask_rate=config.masking.random_mask_rate)
+  # Held-out retrieval: the same eval queries every time (sentences of
+  # blocks no training query comes from), searched in the served index
+  # with the current query tower, so that the retriever's progress from its
+  # ICT start (step 0) is measured on queries it was never trained on.
+  eval_inputs = make_input(seed=config.seed + _EVAL_SEED_OFFSET,
+                           split='eval') if config.eval_batches else None
 
   def evaluate(params):
     totals = collections.Counter()
