@@ -23,6 +23,13 @@ CONFIGS = REPO_ROOT / 'configs'
 sys.path.insert(0, str(REPO_ROOT / 'bench'))
 
 
+def pytest_collection_modifyitems(items):
+  """The learning tests first: each of their beds is one long job on one
+  xdist worker (launch/test.sh's --dist loadgroup); started late, it would
+  run on alone after the other tests."""
+  items.sort(key=lambda item: item.module.__name__ != 'test_learning')
+
+
 @pytest.fixture(scope='session')
 def gcs_emulator_host():
   """An in-memory Cloud Storage emulator for the session (offline)."""
