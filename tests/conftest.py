@@ -24,9 +24,9 @@ sys.path.insert(0, str(REPO_ROOT / 'bench'))
 
 
 def pytest_collection_modifyitems(items):
-  """The learning tests first: each of their beds is one long job on one
-  xdist worker (launch/test.sh's --dist loadgroup); started late, it would
-  run on alone after the other tests."""
+  """The learning tests first: each is one long job on one xdist worker;
+  started late, it would run on alone after the other tests (launch/test.sh's
+  --dist worksteal lets the other worker take the rest meanwhile)."""
   items.sort(key=lambda item: item.module.__name__ != 'test_learning')
 
 

@@ -21,9 +21,6 @@ from realm_jax.jobs import mlm
 from realm_jax.jobs import prepare_corpus
 
 pytestmark = pytest.mark.slow
-# Each module fixture is built once: its tests share an xdist worker.
-_BED = pytest.mark.xdist_group('mlm_bed')
-_REALM_BED = pytest.mark.xdist_group('realm_bed')
 
 SEED = int(os.environ.get('REALM_LEARNING_SEED', '0'))
 DOCS = 2000
@@ -43,23 +40,16 @@ def _metrics(workdir, job):
   return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture(scope='module')
-def bed(tmp_path_factory):
-  root = tmp_path_factory.mktemp('learning')
+def test_mlm_learns_well_above_the_unigram_baseline(tmp_path):
   corpus_config = _config('prepare_corpus', **{
       'input.synthetic_docs': DOCS, 'input.synthetic_seed': SEED,
       'lengths.block_len': 128, 'lengths.max_title_len': 16})
-  prepare_corpus.prepare_corpus(corpus_config, str(root))
+  prepare_corpus.prepare_corpus(corpus_config, str(tmp_path))
   mlm.train_and_evaluate(_config(
-      'mlm', corpus_dir=str(root / 'corpus'), seq_len=128, seed=SEED,
+      'mlm', corpus_dir=str(tmp_path / 'corpus'), seq_len=128, seed=SEED,
       num_train_steps=MLM_STEPS, eval_every_steps=MLM_STEPS // 3,
-      **NO_DROPOUT), str(root / 'mlm'))
-  return root
-
-
-@_BED
-def test_mlm_learns_well_above_the_unigram_baseline(bed):
-  evals = [r for r in _metrics(bed / 'mlm', 'mlm')
+      **NO_DROPOUT), str(tmp_path / 'mlm'))
+  evals = [r for r in _metrics(tmp_path / 'mlm', 'mlm')
            if 'eval/mlm_accuracy' in r]
   accuracy = [r['eval/mlm_accuracy'] for r in evals]
   unigram = evals[-1]['eval/unigram_accuracy']
@@ -80,13 +70,6 @@ def _realm_bed(workdir, run, *flags):
   print(result.stdout)
 
 
-@pytest.fixture(scope='module')
-def realm_bed(tmp_path_factory):
-  root = tmp_path_factory.mktemp('realm_bed')
-  _realm_bed(root, 'trained', '--config.eval_every_steps=300')
-  return root
-
-
 def _mean_se(values):
   n = len(values)
   mean = sum(values) / n
@@ -94,43 +77,45 @@ def _mean_se(values):
   return mean, (var / n) ** 0.5
 
 
-@_REALM_BED
-def test_linked_pairs_teach_the_reader_to_copy(realm_bed):
-  """realm-mlm's linked pairs (a salient span masked beside another block
-  that holds it): held-out copy accuracy far above the same reader's beside
-  the null document. A reader that ignores its evidence scores the same
-  beside both."""
-  last = [r for r in _metrics(realm_bed / 'mlm', 'mlm')
+def _evals(workdir):
+  return [r for r in _metrics(workdir, 'pretrain') if 'eval/fact_recall' in r]
+
+
+def test_realm_learns_on_the_bed(tmp_path):
+  """One chain (one test, so that xdist never builds it twice): the
+  reader, ICT's retriever, then REALM trained and with its retriever
+  frozen (the ablation)."""
+  _realm_bed(tmp_path, 'trained', '--config.eval_every_steps=300')
+
+  # realm-mlm's linked pairs (a salient span masked beside another block
+  # that holds it): held-out copy accuracy far above the same reader's
+  # beside the null document. A reader that ignores its evidence scores
+  # the same beside both.
+  last = [r for r in _metrics(tmp_path / 'mlm', 'mlm')
           if 'eval/copy_accuracy' in r][-1]
   copy, null = last['eval/copy_accuracy'], last['eval/copy_null_accuracy']
   print(f'copy accuracy beside the linked block {copy:.3f}, beside the null '
         f'document {null:.3f}')
   # Measured (README): seeds 0 / 1 / 2 0.293 vs 0.149, 0.216 vs 0.065,
   # 0.263 vs 0.068.
-  assert copy > null + 0.05
+  assert copy > null + 0.05, 'the reader does not copy'
 
-
-@_REALM_BED
-def test_ict_retrieves_the_querys_block_far_above_chance(realm_bed):
   recall = retrieval_eval.own_block_recall(
-      retrieval_eval.load_retriever(realm_bed / 'ict'),
-      corpus_lib.Corpus(realm_bed / 'corpus'), n=500, seed=SEED,
+      retrieval_eval.load_retriever(tmp_path / 'ict'),
+      corpus_lib.Corpus(tmp_path / 'corpus'), n=500, seed=SEED,
       query_len=40)
   print(f'ICT own-block recall {recall}')
   # Measured (README): seeds 0 / 1 / 2 recall@5 0.976 / 0.976 / 0.966,
   # chance 0.0023.
-  assert recall['recall@5'] > 50 * recall['chance@5']
+  assert recall['recall@5'] > 50 * recall['chance@5'], 'ICT did not learn'
 
-
-@_REALM_BED
-def test_realm_retriever_learns_to_retrieve_the_masked_fact(realm_bed):
-  """REALM's marginal likelihood trains the retriever: on held-out queries
-  (sentences of blocks no training query came from) the retrieved blocks
-  state the masked fact more often after pre-training than at the ICT
-  start; retrieval helps the reader (utility > 0), and the reader beats
-  itself given only the null document."""
-  rows = _metrics(realm_bed / 'trained', 'pretrain')
-  evals = [r for r in rows if 'eval/fact_recall' in r]
+  # REALM's marginal likelihood trains the retriever: on held-out queries
+  # (sentences of blocks no training query came from) the retrieved blocks
+  # state the masked fact more often after pre-training than at the ICT
+  # start; retrieval helps the reader (utility > 0), and the reader beats
+  # itself given only the null document.
+  rows = _metrics(tmp_path / 'trained', 'pretrain')
+  evals = _evals(tmp_path / 'trained')
   assert [r['step'] for r in evals] == [0, 300, REALM_STEPS]
   start, end = evals[0]['eval/fact_recall'], evals[-1]['eval/fact_recall']
   late = [r for r in rows if 'retrieval_utility' in r][-100:]
@@ -144,20 +129,15 @@ def test_realm_retriever_learns_to_retrieve_the_masked_fact(realm_bed):
   # 0.149 -> 0.235, 0.195 -> 0.393 (one SE about 0.013); utility 0.238 +-
   # 0.011, 0.240 +- 0.011, 0.621 +- 0.024; accuracy gain 0.040 +- 0.005,
   # 0.041 +- 0.005, 0.119 +- 0.007.
-  assert end > start + 0.04
-  assert utility > 3 * utility_se and gain > 3 * gain_se
+  assert end > start + 0.04, 'the retriever did not learn'
+  assert utility > 3 * utility_se, 'retrieval does not help the reader'
+  assert gain > 3 * gain_se, 'the reader does not use its documents'
 
-
-@_REALM_BED
-def test_a_stopped_retriever_gradient_does_not_learn(realm_bed):
-  """The ablation: the same chain with the retriever frozen; its held-out
-  fact recall stays at the ICT start."""
-  _realm_bed(realm_bed, 'frozen', '--config.freeze_retriever=true',
+  # The ablation: the same chain with the retriever frozen; its held-out
+  # fact recall stays at the ICT start.
+  _realm_bed(tmp_path, 'frozen', '--config.freeze_retriever=true',
              '--config.num_train_steps=100', '--config.eval_every_steps=100')
-  evals = [r for r in _metrics(realm_bed / 'frozen', 'pretrain')
-           if 'eval/fact_recall' in r]
-  trained = [r for r in _metrics(realm_bed / 'trained', 'pretrain')
-             if 'eval/fact_recall' in r]
-  assert [r['step'] for r in evals] == [0, 100]
-  assert evals[0]['eval/fact_recall'] == trained[0]['eval/fact_recall']
-  assert evals[-1]['eval/fact_recall'] <= evals[0]['eval/fact_recall'] + 0.005
+  frozen = _evals(tmp_path / 'frozen')
+  assert [r['step'] for r in frozen] == [0, 100]
+  assert frozen[0]['eval/fact_recall'] == start
+  assert frozen[-1]['eval/fact_recall'] <= start + 0.005
