@@ -46,6 +46,9 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   config.init_from = ''  # a realm-pretrain or realm-ict workdir
   # Or/and a BERT-family checkpoint for every encoder (applied first).
   config.init = config_lib.init_config()
+  # A run whose reader replaces init_from's (e.g. realm-mlm's, or REALM's
+  # beside an ICT retriever: the paper's swaps).
+  config.init.reader_from = ''
   config.corpus_dir = ''  # '' = init_from's corpus
   config.train_data = ''
   config.eval_data = ''  # evaluated after the last step ('' = not)

@@ -167,3 +167,52 @@ def test_start_from_bert(minilm_dir, minilm_corpus_workdir, tmp_path):
   # Mean pooling, no projection: the index holds 384-d MiniLM vectors.
   store = index_store.IndexStore(workdir / 'index')
   assert store.load(store.pointer()['version'])[0].dim == 384
+
+
+def test_retrieval_runs_one_step_ahead_except_at_checkpoints():
+  """Step s's candidates come from the tower entering step s - 1, queued
+  before step s - 1 is dispatched; at checkpointed steps (where a restart
+  begins) from the tower entering s, as in a resumed run."""
+  calls = []
+
+  class Questions:
+    def batch(self, step):
+      return [dict(step=step)]
+
+  def embed(examples, params):
+    calls.append((examples[0]['step'], params))
+    return dict(step=examples[0]['step']), params
+
+  featurize = lambda examples, query, vectors: dict(
+      step=examples[0]['step'], query_step=query['step'], tower=vectors)
+  ahead = finetune.OneStepAhead(Questions(), embed, featurize, num_steps=6,
+                                checkpoint_every=3)
+  towers = [ahead(step, f'entering {step}')[0]['tower'] for step in range(6)]
+  assert towers == ['entering 0', 'entering 0', 'entering 1', 'entering 3',
+                    'entering 3', 'entering 4']
+  # Each call queues the next step's embedding before it returns (before
+  # its own step is dispatched); none is queued past the last step.
+  assert calls == [(0, 'entering 0'), (1, 'entering 0'), (2, 'entering 1'),
+                   (3, 'entering 2'), (3, 'entering 3'), (4, 'entering 3'),
+                   (5, 'entering 4')]
+  # A resumed run starting at checkpoint 3 retrieves what this one did.
+  resumed = finetune.OneStepAhead(Questions(), embed, featurize,
+                                  num_steps=6, checkpoint_every=3)
+  assert [resumed(step, f'entering {step}')[0]['tower']
+          for step in range(3, 6)] == towers[3:]
+
+
+def test_reader_from_another_run(setup):
+  """init.reader_from swaps in another run's reader, init_from's retriever
+  stays (the paper's REALM-retriever + baseline-reader rows)."""
+  root, ict_dir, train, _ = setup
+  reader_run, swapped = root / 'reader_run', root / 'swapped'
+  finetune.train_and_evaluate(_config(ict_dir, train, num_train_steps=2),
+                              str(reader_run))
+  finetune.train_and_evaluate(
+      _config(ict_dir, train, num_train_steps=1,
+              **{'init.reader_from': str(reader_run)}), str(swapped))
+  start = _params(swapped, 0)
+  assert _equal(start['reader'], _params(reader_run, 2)['reader'])
+  assert _equal(start['retriever']['query_tower'],
+                _params(ict_dir, 2)['retriever']['doc_tower'])

@@ -123,14 +123,20 @@ class QuestionBatches:
     return [self.examples[self._order(e)[i]] for e, i in zip(epochs, within)]
 
 
-def openqa_batch(examples, params, embed_queries, index, corpus, config,
-                 batch_sharding) -> dict[str, np.ndarray]:
-  """Retrieves for this host's questions and featurizes them (host side)."""
+def embed_questions(examples, params, embed_queries, corpus, config,
+                    batch_sharding) -> tuple[dict, jax.Array]:
+  """Question inputs and their embeddings, queued on the device (async)."""
   query = openqa_input.question_inputs(
       corpus.tokenizer, [e['question'] for e in examples],
       config.lengths.query_len)
-  vectors = np.asarray(embed_queries(
-      params, sharding.global_batch(query, batch_sharding)))
+  return query, embed_queries(params,
+                              sharding.global_batch(query, batch_sharding))
+
+
+def openqa_batch(examples, query, vectors, index, corpus,
+                 config) -> dict[str, np.ndarray]:
+  """Retrieves for this host's questions and featurizes them (host side)."""
+  vectors = np.asarray(vectors)
   first = jax.process_index() * len(examples)
   ids, _ = index.search(vectors[first:first + len(examples)],
                         config.retriever_beam_size)
@@ -149,6 +155,37 @@ def openqa_batch(examples, params, embed_queries, index, corpus, config,
   return dict(query, retrieved_vectors=index.vectors(ids),
               has_answer=has_answer, gold_spans=gold,
               **{k: reader[k] for k in blocks_lib.READER_KEYS})
+
+
+class OneStepAhead:
+  """Retrieval for step s + 1 overlapped with the device's step s.
+
+  The query tower that retrieves step s's candidates is the one entering
+  step s - 1: its embedding is queued before step s - 1 runs, so the host
+  searches and featurizes while the device trains. At a checkpointed step
+  (where a restarted run begins) it is the tower entering step s itself,
+  so a resumed run retrieves exactly what an uninterrupted one did. The
+  gradient always flows through the current tower (objectives/openqa.py
+  re-embeds the questions in the step).
+  """
+
+  def __init__(self, questions, embed, featurize, num_steps: int,
+               checkpoint_every: int):
+    self.questions, self.embed, self.featurize = questions, embed, featurize
+    self.num_steps, self.checkpoint_every = num_steps, checkpoint_every
+    self.queued = {}  # step -> (examples, query inputs, device vectors)
+
+  def _queue(self, step, params):
+    examples = self.questions.batch(step)
+    return (examples, *self.embed(examples, params))
+
+  def __call__(self, step, params):
+    queued = self.queued.pop(step, None)
+    if queued is None or step % self.checkpoint_every == 0:
+      queued = self._queue(step, params)
+    if step + 1 < self.num_steps:  # before step s is dispatched
+      self.queued[step + 1] = self._queue(step + 1, params)
+    return self.featurize(*queued), {}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -175,6 +212,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if trainer.fresh_start:  # BERT (in Trainer) first, then the run's params
     if config.init_from:
       trainer.params = params_from_run(config.init_from, trainer.params)
+    if config.init.reader_from:  # e.g. the paper's retriever/reader swaps
+      workspace.check_init_run(config.model, config.init.reader_from,
+                               workspace.READER_FIELDS)
+      trainer.params = dict(trainer.params, reader=(
+          checkpointing.restore_from_run(
+              config.init.reader_from, 'init.reader_from',
+              ('params', 'reader'),
+              checkpointing.abstract(trainer.params)['reader'])))
     trainer.save(wait=True)  # step 0: the frozen tower the index is built with
 
   questions = QuestionBatches(examples, config.batch_size, config.seed)
@@ -194,10 +239,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     embed_queries = embedding.jit_embed_queries(
         trainer.graphdef, trainer.shardings['params'],
         trainer.batch_sharding, trainer.mesh)
-
-    def host_batch(step, params):
-      return openqa_batch(questions.batch(step), params, embed_queries, index,
-                          corpus, config, trainer.batch_sharding), {}
+    host_batch = OneStepAhead(
+        questions,
+        functools.partial(embed_questions, embed_queries=embed_queries,
+                          corpus=corpus, config=config,
+                          batch_sharding=trainer.batch_sharding),
+        functools.partial(openqa_batch, index=index, corpus=corpus,
+                          config=config),
+        config.num_train_steps, config.checkpoint.every_steps)
   last = trainer.train(loss_fn, host_batch)
 
   if config.eval_data:

@@ -25,7 +25,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from realm_jax import bert_import
 from realm_jax import checkpointing
 from realm_jax import cli
 from realm_jax import config_lib
@@ -41,8 +40,6 @@ from realm_jax.retrieval import workspace
 # The retriever is copied as it is from the init_from run: its towers must
 # be laid out alike.
 _RETRIEVER_FIELDS = (*workspace.PARAMETER_FIELDS, 'share_towers')
-_READER_FIELDS = (*bert_import.ARCHITECTURE_FIELDS, 'span_hidden_size',
-                  'max_span_width')
 
 
 QUERY_EMBEDDERS = ('current', 'index')
@@ -110,7 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     abstract = checkpointing.abstract(trainer.params)  # retriever
     for part, field, run, fields in (
         ('reader', 'init.reader_from', config.init.reader_from,
-         _READER_FIELDS),
+         workspace.READER_FIELDS),
         ('retriever', 'init_from', config.init_from, _RETRIEVER_FIELDS)):
       if run:
         workspace.check_init_run(config.model, run, fields)

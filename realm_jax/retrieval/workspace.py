@@ -26,6 +26,9 @@ MIN_CHECKPOINTS_TO_KEEP = 5
 PARAMETER_FIELDS = (*bert_import.ARCHITECTURE_FIELDS, 'pooling',
                     'projection_size', 'projection_layer_norm_eps', 'score',
                     'learn_temperature', 'span_hidden_size', 'max_span_width')
+# What a reader taken from another run must share with this model.
+READER_FIELDS = (*bert_import.ARCHITECTURE_FIELDS, 'span_hidden_size',
+                 'max_span_width')
 # Defaults of fields added after runs were recorded without them.
 _FIELD_DEFAULTS = dict(pooling='cls', score='dot', score_temperature=0.05,
                        learn_temperature=False)
