@@ -136,10 +136,10 @@ def bm25_retrieve(corpus: corpus_lib.Corpus, questions: Sequence[str],
   return np.asarray(ids)
 
 
-def recall_at_k(retrieved: np.ndarray, corpus: corpus_lib.Corpus,
-                questions: Sequence[dict], ks: Sequence[int]
-                ) -> dict[str, float]:
-  """Fraction of questions with a gold block in the top k, for each k."""
+def gold_hits(retrieved: np.ndarray, corpus: corpus_lib.Corpus,
+              questions: Sequence[dict]) -> np.ndarray:
+  """bool [Q, k]: retrieved block is gold (squad_open's `para_id`, else a
+  block whose text holds an answer string)."""
   records = corpus.records(np.arange(len(corpus)))
   hits = np.zeros(retrieved.shape, bool)
   for row, question in enumerate(questions):
@@ -149,8 +149,15 @@ def recall_at_k(retrieved: np.ndarray, corpus: corpus_lib.Corpus,
         hits[row, col] = record['doc_id'] == question['para_id']
       else:
         hits[row, col] = any(a in record['text'] for a in question['answer'])
-  return {f'recall@{k}': float(hits[:, :k].any(1).mean()) for k in ks}
+  return hits
 
+
+def recall_at_k(retrieved: np.ndarray, corpus: corpus_lib.Corpus,
+                questions: Sequence[dict], ks: Sequence[int]
+                ) -> dict[str, float]:
+  """Fraction of questions with a gold block in the top k, for each k."""
+  hits = gold_hits(retrieved, corpus, questions)
+  return {f'recall@{k}': float(hits[:, :k].any(1).mean()) for k in ks}
 
 
 def own_block_recall(retriever: models.Retriever, corpus: corpus_lib.Corpus,

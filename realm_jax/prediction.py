@@ -208,11 +208,14 @@ def evaluate_examples(predictor: Predictor, examples: list[dict],
       retrieved = predictor.corpus.records(prediction['retrieved'])
       has = [answers.has_answer(r['text'], example['answer'], regex_answers)
              for r in retrieved]
+      record['hits'] = {}  # per question, for standard errors
       for k in ks:
         hits[k].append(any(has[:k]))
+        record['hits'][f'recall@{k}'] = hits[k][-1]
         if 'para_id' in example:
           para_hits[k].append(any(r['doc_id'] == example['para_id']
                                   for r in retrieved[:k]))
+          record['hits'][f'gold_paragraph_recall@{k}'] = para_hits[k][-1]
       for block in record['blocks']:
         block['has_answer'] = answers.has_answer(
             block['text'], example['answer'], regex_answers)

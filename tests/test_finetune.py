@@ -115,6 +115,9 @@ def test_finetune_learns_to_read(world):
       'eval/exact_match']
   assert metrics['eval/recall@1'] == np.mean([
       r['blocks'][0]['has_answer'] for r in records])
+  for k in (1, 5):  # per-question hits (standard errors) average to recall
+    assert metrics[f'eval/recall@{k}'] == np.mean([
+        r['hits'][f'recall@{k}'] for r in records])
   for r in records:
     assert sum(b['probability'] for b in r['blocks']) == pytest.approx(1.0)
     # The answer is the original text of the block it came from.
