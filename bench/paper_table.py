@@ -31,10 +31,11 @@ builder stops after the ICT start's index: a run shorter than 30 of the
 REALM row's refresh intervals cannot be "30x staler", so it is the
 frozen-index limit, and the table says so); the paper's swaps (REALM
 retriever + realm-mlm's reader; ICT retriever + REALM's reader); closed
-book. Each row: zero-shot gold-paragraph recall@5 of its retriever, then
-EM and recall@5 after the same fine-tuning recipe. BM25 + reader needs
-lexical candidates in realm-finetune, which it does not have yet: that
-cell is reported as not run.
+book; BM25 candidates (a MiniLM reader and question tower fine-tuned on
+them) and REALM + BM25 fused by reciprocal rank (realm-finetune's
+`retrieval`, retrieval/lexical.py). Each row: zero-shot gold-paragraph
+recall@5 of its retriever, then EM and recall@5 after the same
+fine-tuning recipe.
 
 Results: one JSON file (docs/paper_table.json; with --quick,
 WORKDIR/paper_table.json) holding every row's means, per-question hits
@@ -65,6 +66,9 @@ HELDOUT_MODULUS, HELDOUT_REMAINDER = 5, 2
 K = 5  # recall@5: the paper's Table 3 column
 QUICK_ARTICLES = (0, 1, 2, 3)
 BOOTSTRAP_SAMPLES = 2000
+# Zero-shot hybrid: lists this deep are fused (realm-finetune fuses its
+# retriever_beam_size-deep lists), by --quick.
+FUSION_DEPTH = {False: 50, True: 10}
 
 # (stage or row) -> settings. `model` flags go to every trainer: the
 # retriever and reader must be laid out alike in every run a row combines.
@@ -97,26 +101,29 @@ QUICK = dict(
 REALM_MASKS = dict(realm='salient', realm_random_tokens='random_tokens',
                    realm_random_spans='random_spans',
                    realm_frozen_index='salient')
-# row -> (zero-shot retriever, fine-tuning: init_from run, reader_from run,
-# closed book). 'minilm' as init_from = MiniLM alone.
+# row -> (zero-shot retriever, fine-tuning: (init_from run, reader_from run,
+# closed book, candidates: retrieval/lexical.py)). 'minilm' as init_from =
+# MiniLM alone (BERT's reader, ORQA's start).
 ROWS = {
-    'bm25': ('bm25', None),
+    'bm25': ('bm25', ('minilm', '', False, 'bm25')),
     'minilm_dot': ('minilm_dot', None),
-    'minilm_cosine': ('minilm_cosine', ('minilm', '', False)),
-    'ict': ('ict', ('ict', '', False)),
-    'realm': ('realm', ('realm', '', False)),
+    'minilm_cosine': ('minilm_cosine', ('minilm', '', False, 'dense')),
+    'ict': ('ict', ('ict', '', False, 'dense')),
+    'realm': ('realm', ('realm', '', False, 'dense')),
+    'realm_hybrid': ('hybrid:realm', ('realm', '', False, 'hybrid')),
     'realm_random_tokens': ('realm_random_tokens',
-                            ('realm_random_tokens', '', False)),
+                            ('realm_random_tokens', '', False, 'dense')),
     'realm_random_spans': ('realm_random_spans',
-                           ('realm_random_spans', '', False)),
+                           ('realm_random_spans', '', False, 'dense')),
     'realm_frozen_index': ('realm_frozen_index',
-                           ('realm_frozen_index', '', False)),
-    'realm_retriever_mlm_reader': (None, ('realm', 'mlm', False)),
-    'ict_retriever_realm_reader': (None, ('ict', 'realm', False)),
-    'closed_book': (None, ('realm', '', True)),
+                           ('realm_frozen_index', '', False, 'dense')),
+    'realm_retriever_mlm_reader': (None, ('realm', 'mlm', False, 'dense')),
+    'ict_retriever_realm_reader': (None, ('ict', 'realm', False, 'dense')),
+    'closed_book': (None, ('realm', '', True, 'dense')),
 }
 TITLES = {
-    'bm25': 'BM25 (bm25s)', 'minilm_dot': 'all-MiniLM-L6-v2, dot',
+    'bm25': 'BM25 (bm25s) candidates + reader from MiniLM',
+    'realm_hybrid': 'REALM + BM25, reciprocal rank fusion', 'minilm_dot': 'all-MiniLM-L6-v2, dot',
     'minilm_cosine': 'all-MiniLM-L6-v2, cosine',
     'ict': 'ICT from MiniLM (ORQA)', 'realm': 'REALM from ICT, salient spans',
     'realm_random_tokens': 'REALM, random uniform token masks',
@@ -283,11 +290,11 @@ class Driver:
   # -- fine-tuning and evaluation -----------------------------------------
 
   def finetune(self, row: str, init_from: str, reader_from: str,
-               closed_book: bool) -> pathlib.Path:
+               closed_book: bool, retrieval: str) -> pathlib.Path:
     questions, corpus = self.questions(), self.corpus()
     flags = [f'--config.train_data={questions["finetune"]}',
-             f'--config.corpus_dir={corpus}', *self.model_flags,
-             *self.settings['finetune']]
+             f'--config.corpus_dir={corpus}', f'--config.retrieval={retrieval}',
+             *self.model_flags, *self.settings['finetune']]
     if init_from != 'minilm':
       flags.append(f'--config.init_from={self.run_dir(init_from)}')
     if reader_from:
@@ -317,9 +324,19 @@ class Driver:
     """Gold-paragraph hits@5 per question, by split."""
     import retrieval_eval  # pylint: disable=g-import-not-at-top
     from realm_jax import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
+    from realm_jax.retrieval import lexical  # pylint: disable=g-import-not-at-top
     corpus = corpus_lib.Corpus(self.corpus())
+    bm25 = lexical.Bm25(corpus)
     if retriever == 'bm25':
-      retrieve = lambda texts: retrieval_eval.bm25_retrieve(corpus, texts, K)
+      retrieve = lambda texts: bm25.search(texts, K)
+    elif retriever.startswith('hybrid:'):  # fused as realm-finetune fuses
+      model = retrieval_eval.load_retriever(self.run_dir(retriever[7:]))
+      depth = FUSION_DEPTH[self.quick]
+
+      def retrieve(texts):
+        blocks, queries = retrieval_eval.dense_vectors(model, corpus, texts)
+        dense = retrieval_eval.exact_search(blocks, queries, depth)
+        return lexical.fuse(dense, bm25.search(texts, depth), K)
     else:
       if retriever.startswith('minilm'):
         model = retrieval_eval.bert_retriever(
@@ -379,7 +396,7 @@ def run_row(driver: Driver, row: str) -> dict:
   # Wall time of what this row ran itself, and of the stages it builds on.
   names = {'corpus'}
   if retriever not in (None, 'bm25') and not retriever.startswith('minilm'):
-    names.add(retriever)
+    names.add(retriever.split(':')[-1])
   if finetune:
     names |= {f'ft_{row}', *(n for n in finetune[:2] if n and n != 'minilm')}
   if any(n.startswith('realm') for n in names):

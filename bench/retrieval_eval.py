@@ -21,6 +21,7 @@ from realm_jax import corpus as corpus_lib
 from realm_jax import models
 from realm_jax.inputs import openqa as openqa_input
 from realm_jax.inputs import pretrain as pretrain_input
+from realm_jax.retrieval import lexical
 from realm_jax.retrieval import mips
 from realm_jax.retrieval import workspace
 
@@ -123,17 +124,8 @@ def dense_retrieve(retriever: models.Retriever, corpus: corpus_lib.Corpus,
 
 def bm25_retrieve(corpus: corpus_lib.Corpus, questions: Sequence[str],
                   k: int) -> np.ndarray:
-  """Top-k block ids [Q, k] by BM25 over title + text (bm25s)."""
-  import bm25s  # pylint: disable=g-import-not-at-top  (bench extra)
-  records = corpus.records(np.arange(len(corpus)))
-  retriever = bm25s.BM25()
-  retriever.index(bm25s.tokenize(
-      [f'{r["title"]} {r["text"]}' for r in records], stopwords='en',
-      show_progress=False), show_progress=False)
-  ids, _ = retriever.retrieve(bm25s.tokenize(list(questions), stopwords='en',
-                                             show_progress=False),
-                              k=k, show_progress=False)
-  return np.asarray(ids)
+  """Top-k block ids [Q, k] by BM25 over title + text."""
+  return lexical.Bm25(corpus).search(list(questions), k)
 
 
 def gold_hits(retrieved: np.ndarray, corpus: corpus_lib.Corpus,

@@ -34,5 +34,6 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   config.output = ''
   config.index_dir = ''  # '' = WORKDIR/index
   config.corpus_dir = ''  # '' = the run's corpus
+  config.retrieval = ''  # '' = the run's: dense | bm25 | hybrid
   config.lock()
   return config

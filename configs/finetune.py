@@ -62,6 +62,9 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
       query_len=64,  # ORQA's question length flag
       reader_len=320,  # ORQA: 288 + 32
   ))
+  # Candidates: 'dense' (the index), 'bm25' or 'hybrid' (both, fused by
+  # reciprocal rank; retrieval/lexical.py). Prediction uses the run's.
+  config.retrieval = 'dense'
   config.retriever_beam_size = 100 if tiny else 5000
   config.reader_beam_size = 5
   config.batch_size = 8 if tiny else 16  # questions per step

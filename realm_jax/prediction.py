@@ -31,6 +31,7 @@ from realm_jax.inputs import questions as questions_lib
 from realm_jax.objectives import openqa as openqa_objective
 from realm_jax.retrieval import embedding
 from realm_jax.retrieval import index_store
+from realm_jax.retrieval import lexical
 from realm_jax.retrieval import mips
 from realm_jax.retrieval import workspace
 
@@ -53,7 +54,7 @@ class Predictor:
 
   def __init__(self, workdir: epath.PathLike, index: str = '',
                corpus: str = '', batch_size: int = 8,
-               reader_beam_size: int | None = None):
+               reader_beam_size: int | None = None, retrieval: str = ''):
     workdir = epath.Path(workdir)
     self.config = workspace.read_config(workdir)
     self.closed_book = self.config.closed_book
@@ -100,6 +101,13 @@ class Predictor:
       self.index = self._embed_corpus()
     else:
       self.index = load_index(index or workdir / 'index')
+    # Candidates as the run was fine-tuned with them, unless overridden.
+    self.retrieval = retrieval or self.config.get('retrieval', 'dense')
+    if self.retrieval not in lexical.RETRIEVALS:
+      raise ValueError(f'retrieval {self.retrieval!r}: one of '
+                       f'{", ".join(lexical.RETRIEVALS)}')
+    self.bm25 = (lexical.Bm25(self.corpus) if self.index is not None
+                 and self.retrieval != 'dense' else None)
     if self.index is not None and self.index.num_vectors != len(self.corpus):
       raise ValueError(f'the index holds {self.index.num_vectors} vectors, '
                        f'the corpus {len(self.corpus)} blocks: pass the '
@@ -157,7 +165,9 @@ class Predictor:
                                          self.config.lengths.query_len)
     vectors = np.asarray(self._embed(self.params, query))
     k = min(max(num_retrieved, self.reader_beam_size), len(self.corpus))
-    ids, _ = self.index.search(vectors, k)
+    ids = lexical.candidates(self.retrieval, questions,
+                             lambda n: self.index.search(vectors, n)[0],
+                             self.bm25, k)
     ids = np.maximum(ids, 0)
     top = ids[:, :self.reader_beam_size]
     reader = blocks_lib.reader_inputs(self.corpus, query['query_ids'],
@@ -234,11 +244,12 @@ def evaluate_workdir(workdir: epath.PathLike, data: str, *,
                      regex_answers: bool = False, output=None,
                      batch_size: int = 8, tfds_data_dir: str = '',
                      index: str = '', corpus: str = '',
-                     ks=(1, 5, 20, 100)) -> dict[str, float]:
+                     ks=(1, 5, 20, 100), retrieval: str = ''
+                     ) -> dict[str, float]:
   """Evaluates a fine-tuned run on `data` (see openqa_data.load)."""
   examples = questions_lib.load(data, regex_answers, tfds_data_dir)
   predictor = Predictor(workdir, index=index, corpus=corpus,
-                        batch_size=batch_size)
+                        batch_size=batch_size, retrieval=retrieval)
   metrics, records = evaluate_examples(predictor, examples, regex_answers,
                                        ks)
   if output and jax.process_index() == 0:

@@ -254,6 +254,10 @@ def salient_examples(corpus: corpus_lib.Corpus, workdir: epath.Path, *,
 
 
 HostBatch = Callable[[int, PyTree], tuple[dict, Mapping[str, float]]]
+# A host metric (not logged): seconds host_batch spent blocked on device
+# results, e.g. embeddings queued behind the previous step, so the clock
+# counts them as device time.
+DEVICE_WAIT = 'device_wait_seconds'
 
 
 class Trainer:
@@ -347,7 +351,7 @@ class Trainer:
       clock.host_started()
       batch, host_metrics = host_batch(step, self.state['params'])
       batch = sharding.global_batch(batch, self.batch_sharding)
-      clock.host_done()
+      clock.host_done(host_metrics.pop(DEVICE_WAIT, 0.0))
       self.state, metrics = step_fn(self.state, batch, rng)
       done = step + 1
       if done % config.log_every_steps == 0 or done == config.num_train_steps:
@@ -383,10 +387,11 @@ def mean_over_processes(host_metrics: Mapping[str, float]) -> dict:
 class _Clock:
   """Steps/s, the host/device split of a step's time, and the ETA.
 
-  Host time is the job's host work (inputs, retrieval, featurization,
-  including any device results it waits for); the rest of a step's wall
-  time is spent waiting for the device step (dispatch is asynchronous, so
-  host work of step s + 1 may overlap the device's step s).
+  Host time is the job's host work (inputs, retrieval, featurization),
+  less the time `host_batch` reports under DEVICE_WAIT as spent blocked on
+  device results; the rest of a step's wall time is spent waiting for the
+  device (dispatch is asynchronous, so host work of step s + 1 may overlap
+  the device's step s).
   """
 
   def __init__(self, start_step: int, num_steps: int):
@@ -398,8 +403,8 @@ class _Clock:
   def host_started(self):
     self._started = time.perf_counter()
 
-  def host_done(self):
-    self.host_seconds += time.perf_counter() - self._started
+  def host_done(self, device_wait: float = 0.0):
+    self.host_seconds += time.perf_counter() - self._started - device_wait
 
   def metrics(self, step: int) -> dict[str, float]:
     now = time.perf_counter()

@@ -9,8 +9,10 @@ import pytest
 from conftest import job_config
 from realm_jax import bert_import
 from realm_jax import checkpointing
+from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
 from realm_jax import prediction
+from realm_jax import trainer as trainer_lib
 from realm_jax.jobs import finetune
 from realm_jax.jobs import ict
 from realm_jax.retrieval import index_store
@@ -187,7 +189,11 @@ def test_retrieval_runs_one_step_ahead_except_at_checkpoints():
       step=examples[0]['step'], query_step=query['step'], tower=vectors)
   ahead = finetune.OneStepAhead(Questions(), embed, featurize, num_steps=6,
                                 checkpoint_every=3)
-  towers = [ahead(step, f'entering {step}')[0]['tower'] for step in range(6)]
+  outputs = [ahead(step, f'entering {step}') for step in range(6)]
+  towers = [batch['tower'] for batch, _ in outputs]
+  # The wait for the queued vectors is reported, for the clock to count
+  # as device time.
+  assert all(metrics[trainer_lib.DEVICE_WAIT] >= 0 for _, metrics in outputs)
   assert towers == ['entering 0', 'entering 0', 'entering 1', 'entering 3',
                     'entering 3', 'entering 4']
   # Each call queues the next step's embedding before it returns (before
@@ -216,3 +222,32 @@ def test_reader_from_another_run(setup):
   assert _equal(start['reader'], _params(reader_run, 2)['reader'])
   assert _equal(start['retriever']['query_tower'],
                 _params(ict_dir, 2)['retriever']['doc_tower'])
+
+
+def test_bm25_and_hybrid_candidates(setup):
+  """retrieval=bm25: training and prediction read BM25's top blocks (the
+  run's rule, unless prediction overrides it); hybrid fuses both lists."""
+  from realm_jax.retrieval import lexical  # pylint: disable=g-import-not-at-top
+  root, ict_dir, train, corpus = setup
+  workdir = root / 'bm25'
+  finetune.train_and_evaluate(
+      _config(ict_dir, train, num_train_steps=1, retrieval='bm25'),
+      str(workdir))
+  questions = [json.loads(l)['question']
+               for l in train.read_text().splitlines()][:4]
+  bm25_top = lexical.Bm25(corpus).search(questions, 2)
+  predictor = prediction.Predictor(workdir)
+  assert predictor.retrieval == 'bm25'
+  predicted = predictor.predict(questions, num_retrieved=2)
+  assert [p['retrieved'] for p in predicted] == np.maximum(
+      bm25_top, 0).tolist()
+  dense = prediction.Predictor(workdir, retrieval='dense').predict(
+      questions, num_retrieved=16)
+  hybrid = prediction.Predictor(workdir, retrieval='hybrid').predict(
+      questions, num_retrieved=16)
+  expected = lexical.fuse(np.array([p['retrieved'] for p in dense]),
+                          lexical.Bm25(corpus).search(questions, 16), 16)
+  assert [p['retrieved'] for p in hybrid] == np.maximum(expected, 0).tolist()
+  with pytest.raises(config_lib.ConfigError, match='config.retrieval'):
+    finetune.train_and_evaluate(
+        _config(ict_dir, train, retrieval='sparse'), str(root / 'bad'))

@@ -69,7 +69,7 @@ def test_quick_table_runs_every_row_and_resumes(shared_data, tmp_path):
       if not finetuned[2]:  # closed book retrieves nothing
         assert paper_table._mean_se(cells['recall@5'])[0] == pytest.approx(
             metrics['gold_paragraph_recall@5'])
-  # BM25's cell against an independent recomputation over the same corpus.
+  # BM25's cell: the recall of BM25's top 5 over the same corpus.
   corpus = corpus_lib.Corpus(workdir / 'corpus' / 'corpus')
   bm25 = retrieval_eval.recall_at_k(retrieval_eval.bm25_retrieve(
       corpus, [q['question'] for q in heldout], 5), corpus, heldout, (5,))

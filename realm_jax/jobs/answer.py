@@ -40,7 +40,8 @@ def main(argv):
   options = flags.FLAGS
   predictor = prediction.Predictor(options.workdir, index=options.index,
                                    corpus=options.corpus,
-                                   reader_beam_size=options.top_k or None)
+                                   reader_beam_size=options.top_k or None,
+                                   retrieval=options.retrieval)
   for question, predicted in zip(questions, predictor.predict(questions)):
     if options.json:
       predicted.pop('retrieved')
@@ -58,6 +59,8 @@ def run():
       'embedded now.')
   flags.DEFINE_string('corpus', '', 'A prepared corpus folder; default the '
                       'run\'s.')
+  flags.DEFINE_enum('retrieval', '', ['', 'dense', 'bm25', 'hybrid'],
+                    'Candidates (retrieval/lexical.py); default the run\'s.')
   flags.DEFINE_integer('top_k', 0, 'Blocks to read (default: the run\'s '
                        'reader_beam_size).')
   flags.DEFINE_bool('json', False, 'One JSON object per question instead '

@@ -29,7 +29,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> None:
       workdir, config.data, regex_answers=config.regex_answers,
       output=output, batch_size=config.batch_size,
       tfds_data_dir=config.tfds_data_dir, index=config.index_dir,
-      corpus=config.corpus_dir, ks=tuple(config.recall_ks))
+      corpus=config.corpus_dir, ks=tuple(config.recall_ks),
+      retrieval=config.retrieval)
   if jax.process_index() == 0:
     print(json.dumps(metrics, indent=2))
     print(f'predictions: {output}')

@@ -7,7 +7,8 @@ Starts from a REALM (or ICT) run's latest checkpoint: its document tower is
 frozen (no gradient, no optimizer state) and embeds the corpus once into
 WORKDIR/index (the builder's code, run in-process); the question tower (a
 copy of the retriever when REALM shared them) and the reader are trained.
-Each step, per question: retrieve the top N blocks from the fixed index,
+Each step, per question: retrieve the top N blocks from the fixed index
+(or BM25's, or both fused: `retrieval`, retrieval/lexical.py),
 gather their embeddings, mark the ones whose text holds an answer; read the
 top K; loss = the retriever's and the reader's marginal log-likelihoods
 (objectives/openqa.py). A batch holds many questions (ORQA and the HF port
@@ -19,6 +20,7 @@ Checkpoints, resume and TensorBoard work as in the other trainers; with
 recall@k are logged.
 """
 import functools
+import time
 
 from absl import logging
 from etils import epath
@@ -43,6 +45,7 @@ from realm_jax.objectives import openqa as openqa_objective
 from realm_jax.retrieval import builder
 from realm_jax.retrieval import embedding
 from realm_jax.retrieval import index_store
+from realm_jax.retrieval import lexical
 from realm_jax.retrieval import workspace
 
 
@@ -55,6 +58,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       1 <= config.reader_beam_size <= config.retriever_beam_size,
       'reader_beam_size', f'must be in [1, retriever_beam_size '
       f'{config.retriever_beam_size}]')
+  config_lib.check(config.retrieval in lexical.RETRIEVALS, 'retrieval',
+                   f'{config.retrieval!r}: one of '
+                   f'{", ".join(lexical.RETRIEVALS)}')
   config_lib.check(config.lengths.reader_len
                    <= config.model.max_position_embeddings,
                    'lengths.reader_len', 'exceeds max_position_embeddings')
@@ -133,13 +139,15 @@ def embed_questions(examples, params, embed_queries, corpus, config,
                               sharding.global_batch(query, batch_sharding))
 
 
-def openqa_batch(examples, query, vectors, index, corpus,
-                 config) -> dict[str, np.ndarray]:
+def openqa_batch(examples, query, vectors, index, corpus, config,
+                 bm25=None) -> dict[str, np.ndarray]:
   """Retrieves for this host's questions and featurizes them (host side)."""
   vectors = np.asarray(vectors)
   first = jax.process_index() * len(examples)
-  ids, _ = index.search(vectors[first:first + len(examples)],
-                        config.retriever_beam_size)
+  ids = lexical.candidates(
+      config.retrieval, [e['question'] for e in examples],
+      lambda k: index.search(vectors[first:first + len(examples)], k)[0],
+      bm25, config.retriever_beam_size)
   ids = np.maximum(ids, 0)  # an approximate index may leave a slot empty
   texts = [[r['text'] for r in corpus.records(row)] for row in ids]
   top = ids[:, :config.reader_beam_size]
@@ -185,7 +193,10 @@ class OneStepAhead:
       queued = self._queue(step, params)
     if step + 1 < self.num_steps:  # before step s is dispatched
       self.queued[step + 1] = self._queue(step + 1, params)
-    return self.featurize(*queued), {}
+    started = time.perf_counter()  # the vectors queue behind the last step
+    jax.block_until_ready(queued[-1])
+    waited = time.perf_counter() - started
+    return self.featurize(*queued), {trainer_lib.DEVICE_WAIT: waited}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -245,7 +256,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                           corpus=corpus, config=config,
                           batch_sharding=trainer.batch_sharding),
         functools.partial(openqa_batch, index=index, corpus=corpus,
-                          config=config),
+                          config=config, bm25=lexical.Bm25(corpus)
+                          if config.retrieval != 'dense' else None),
         config.num_train_steps, config.checkpoint.every_steps)
   last = trainer.train(loss_fn, host_batch)
 
