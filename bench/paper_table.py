@@ -344,21 +344,21 @@ class Driver:
             score=retriever.split('_')[1])
       else:
         model = retrieval_eval.load_retriever(self.run_dir(retriever))
-      block_vectors = None
 
       def retrieve(texts):
-        nonlocal block_vectors
-        blocks, queries = retrieval_eval.dense_vectors(model, corpus, texts)
-        block_vectors = blocks if block_vectors is None else block_vectors
-        return retrieval_eval.exact_search(block_vectors, queries, K)
-    out = {}
-    for split, path in self.questions().items():
-      if split == 'finetune':
-        continue
-      questions = [json.loads(l) for l in path.read_text().splitlines()]
-      hits = retrieval_eval.gold_hits(
-          retrieve([q['question'] for q in questions]), corpus, questions)
-      out[split] = hits.any(1)
+        return retrieval_eval.exact_search(
+            *retrieval_eval.dense_vectors(model, corpus, texts), K)
+    # Both splits' questions in one call: the corpus is embedded once.
+    splits = {split: [json.loads(l) for l in path.read_text().splitlines()]
+              for split, path in self.questions().items()
+              if split != 'finetune'}
+    questions = [q for qs in splits.values() for q in qs]
+    hits = retrieval_eval.gold_hits(
+        retrieve([q['question'] for q in questions]), corpus,
+        questions).any(1)
+    out, first = {}, 0
+    for split, qs in splits.items():
+      out[split], first = hits[first:first + len(qs)], first + len(qs)
     return out
 
 
@@ -441,9 +441,12 @@ def markdown(results: dict) -> str:
     if name not in rows:
       lines.append(f'| {TITLES[name]} | not run | | | | | |')
       continue
-    seconds = rows[name]['stage_seconds']
-    wall = ', '.join(f'{k} {v / 60:.0f} min' for k, v in seconds.items()
-                     if v)
+    seconds = dict(rows[name]['stage_seconds'],
+                   zero_shot=rows[name].get('zero_shot_seconds', 0.0))
+    wall = ', '.join(
+        f'{k.replace("_", "-")} ' + (f'{v / 60:.0f} min' if v >= 60 else
+                                     f'{v:.0f} s')
+        for k, v in seconds.items() if round(v))
     finetuned = ROWS[name][1] is not None
     not_run = '-' if finetuned else 'not run'
     lines.append(

@@ -31,6 +31,14 @@ def test_bm25_finds_the_block_sharing_rare_words():
   assert padded.tolist() == [[2, -1, -1, -1, -1, -1]]
 
 
+def test_bm25_is_quiet(caplog):
+  """bm25s logs a line per empty query (a padded batch row) at DEBUG."""
+  caplog.set_level('DEBUG')
+  bm25 = lexical.Bm25(_Corpus(['the cat sat on the mat', 'a dog ran']))
+  assert bm25.search(['', 'the'], k=2).tolist() == [[-1, -1], [-1, -1]]
+  assert not [r for r in caplog.records if r.name.startswith('bm25s')]
+
+
 def _rrf_reference(dense, lexical_ids, k):
   """Cormack et al.'s formula written out, ties broken by dense rank."""
   blocks = [b for b in dict.fromkeys([*dense, *lexical_ids]) if b >= 0]

@@ -24,7 +24,6 @@ from realm_jax import corpus as corpus_lib
 
 RETRIEVALS = ('dense', 'bm25', 'hybrid')
 RRF_K = 60
-std_logging.getLogger('bm25s').setLevel(std_logging.WARNING)  # chatter
 
 
 class Bm25:
@@ -32,6 +31,8 @@ class Bm25:
 
   def __init__(self, corpus: corpus_lib.Corpus):
     import bm25s  # pylint: disable=g-import-not-at-top
+    # Its import sets its logger to DEBUG: one line per empty query.
+    std_logging.getLogger('bm25s').setLevel(std_logging.WARNING)
     self._bm25s = bm25s
     start = time.time()
     records = corpus.records(np.arange(len(corpus)))
