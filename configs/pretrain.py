@@ -59,13 +59,23 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   config.index = ml_collections.ConfigDict(dict(
       poll_seconds=1.0 if tiny else 10.0,
       wait_seconds=600.0 if tiny else 6 * 3600.0,  # for the first index
+      # Bounded staleness. 0: a step never waits (REALM's trainer), so how
+      # stale retrieval gets depends on how fast the builder is. N > 0: a
+      # step whose index is more than N steps older than it waits (up to
+      # wait_seconds) for a fresher one; needs N >= checkpoint.every_steps.
+      max_staleness_steps=0,
+      # Held-out evaluation waits (up to wait_seconds) for the index of the
+      # evaluated step's checkpoint, so that eval/fact_recall measures the
+      # retriever, not the builder's lag. Off at scale, where one build
+      # takes hours.
+      fresh_eval=tiny,
   ))
   # Every step: the step already waits for its retrieval, so reading the
   # metrics back costs nothing.
   config.log_every_steps = 1
   # Held-out retrieval (eval/fact_recall, eval/source_recall): this many
-  # batches of queries of their own, searched in the served index, at
-  # step 0 (the ICT start), every eval_every_steps and at the end; 0: none.
+  # batches of queries of their own, searched in the served index (see
+  # index.fresh_eval), at step 0 (the ICT start), every eval_every_steps and at the end; 0: none.
   # The queries are sentences of about eval_heldout_fraction of the blocks
   # (by uid), which never give a training query (they stay in the index).
   config.eval_batches = 8

@@ -323,8 +323,9 @@ class Trainer:
 
     `evaluate(params) -> metrics`, when given, runs before the first step
     of a fresh run (step 0: where training starts from), every
-    `eval_every_steps` and after the last step; its metrics are logged
-    (and returned) under eval/.
+    `eval_every_steps` and after the last step, each time after that
+    step's checkpoint is saved; its metrics are logged (and returned)
+    under eval/.
     """
     config = self.config
     step_fn = jit_train_step(
@@ -358,12 +359,16 @@ class Trainer:
         last = {k: float(v) for k, v in jax.device_get(metrics).items()}
         last |= mean_over_processes(host_metrics) | clock.metrics(done)
         self.writer.write(done, last)
-      if evaluate is not None and (done == config.num_train_steps or (
-          eval_every_steps and done % eval_every_steps == 0)):
-        last |= log_evaluation(done)
+      evaluating = evaluate is not None and (
+          done == config.num_train_steps or (
+              eval_every_steps and done % eval_every_steps == 0))
+      # An evaluated step is always checkpointed, and before its evaluation
+      # (which may wait for an index of that checkpoint).
       checkpointing.save(self.manager, done, self.state,
                          dict(next_step=done),
-                         force=done == config.num_train_steps)
+                         force=done == config.num_train_steps or evaluating)
+      if evaluating:
+        last |= log_evaluation(done)
     progress.close()
     self.manager.wait_until_finished()
     workspace.finish_job(self.workdir)

@@ -91,6 +91,30 @@ def test_handle_keeps_serving_when_new_version_is_corrupt(tmp_path):
   assert handle.search(QUERY, 1)[0][0, 0] == _expected_top1(3)
 
 
+def test_handle_waits_for_an_index_of_a_given_checkpoint(tmp_path):
+  store = index_store.IndexStore(tmp_path / 'index')
+  _publish(store, 5)
+  handle = index_handle.IndexHandle(tmp_path / 'index', poll_seconds=0.05)
+  handle.start()
+  try:
+    assert handle.wait_for_checkpoint(None, 10)
+    assert handle.checkpoint_step == 5
+    assert handle.wait_for_checkpoint(5, 0)  # already current: no wait
+    started = time.time()
+    assert not handle.wait_for_checkpoint(9, 0.3)  # none comes: False
+    assert time.time() - started >= 0.3 and handle.checkpoint_step == 5
+    # A builder publishes step 7, then 9, while the trainer waits for >= 8.
+    publisher = threading.Timer(
+        0.2, lambda: (_publish(store, 7), time.sleep(0.2), _publish(store, 9)))
+    publisher.start()
+    assert handle.wait_for_checkpoint(8, 30)
+    assert handle.checkpoint_step == 9
+    assert handle.search(QUERY, 1)[0][0, 0] == _expected_top1(9)
+    publisher.join()
+  finally:
+    handle.close()
+
+
 def test_crash_before_the_pointer_flip_publishes_nothing(tmp_path,
                                                          monkeypatch):
   store = index_store.IndexStore(tmp_path / 'index')

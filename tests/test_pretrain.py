@@ -413,3 +413,18 @@ def test_query_embedder_field_is_checked():
   config.query_embedder = 'stale'
   with pytest.raises(config_lib.ConfigError, match=r'config\.query_embedder'):
     pretrain.validate(config, num_devices=8)
+
+
+def test_max_staleness_below_the_checkpoint_interval_is_refused():
+  spec = importlib.util.spec_from_file_location('pretrain_config',
+                                                CONFIGS / 'pretrain.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('tiny')
+  config.checkpoint.every_steps = 20
+  config.index.max_staleness_steps = 20
+  pretrain.validate(config, num_devices=8)  # as fresh as checkpoints allow
+  config.index.max_staleness_steps = 19  # would wait for a step never saved
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config\.index\.max_staleness_steps'):
+    pretrain.validate(config, num_devices=8)

@@ -88,8 +88,10 @@ def test_pretrain_hot_swaps_indices_built_beside_it(ict_workdir, tmp_path):
   workdir = _workdir(tmp_path, ict_workdir)
   builder = _start_builder(workdir)
   try:
-    config = _pretrain_config(num_train_steps=40,
-                              init_from=str(ict_workdir))
+    # Bounded staleness: no step is served an index more than 10 steps
+    # older (checkpoints every 5); evaluation waits for its step's index.
+    config = _pretrain_config(num_train_steps=40, init_from=str(ict_workdir),
+                              **{'index.max_staleness_steps': 10})
     config.mesh.update(data=4, model=2)  # the 8 fake devices of the tests
     config.checkpoint.max_to_keep = 100  # keep step 0 to compare with ICT
     last = pretrain.train_and_evaluate(config, str(workdir))
@@ -102,13 +104,14 @@ def test_pretrain_hot_swaps_indices_built_beside_it(ict_workdir, tmp_path):
   # Held-out retrieval at the ICT start and at the end.
   evals = [r for r in _metrics(workdir) if 'eval/fact_recall' in r]
   assert [r['step'] for r in evals] == [0, 40]
-  assert evals[0]['eval/index_step'] == 0
+  assert [r['eval/index_step'] for r in evals] == [0, 40]  # fresh_eval
   for row in evals:
     assert 0 <= row['eval/fact_recall'] <= 1
     assert 0 <= row['eval/source_recall'] <= 1
   for row in rows:
     assert np.isfinite(row['loss']) and 0 <= row['p_null'] <= 1
-    assert row['index_staleness'] >= 0
+    assert 0 <= row['index_staleness'] <= 10
+    assert row['index_wait_seconds'] >= 0
     assert row['l2_grads_retriever'] > 0 and row['l2_grads_reader'] > 0
   assert last['index_versions_used'] >= 2  # step 0's index, then fresher
   assert max(r['index_step'] for r in rows) > 0

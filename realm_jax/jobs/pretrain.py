@@ -17,6 +17,7 @@ embed the corpus with it, and waits for that first index.
 """
 import collections
 import functools
+import time
 
 from absl import logging
 from etils import epath
@@ -55,6 +56,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   config_lib.check(
       not config.eval_batches or 0 < config.eval_heldout_fraction < 1,
       'eval_heldout_fraction', 'must be in (0, 1) when eval_batches > 0')
+  staleness = config.index.max_staleness_steps
+  config_lib.check(
+      staleness == 0 or staleness >= config.checkpoint.every_steps,
+      'index.max_staleness_steps', f'{staleness} must be 0 (no bound) or '
+      f'at least checkpoint.every_steps ({config.checkpoint.every_steps}): '
+      'an index is only ever as fresh as the last checkpoint')
   config_lib.check(config.query_embedder in QUERY_EMBEDDERS,
                    'query_embedder', f'{config.query_embedder!r} is not one '
                    f'of {QUERY_EMBEDDERS}')
@@ -170,8 +177,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        host['source_block'][:, None]).any(1).mean(),
         fact_recall=holders.any(1).mean())
 
+  def wait_for_index(min_step):
+    """Seconds spent waiting for an index of checkpoint >= min_step."""
+    started = time.perf_counter()
+    if not handle.wait_for_checkpoint(min_step, config.index.wait_seconds):
+      raise TimeoutError(
+          f'no index of checkpoint {min_step} or later in {workdir / "index"}'
+          f' after index.wait_seconds={config.index.wait_seconds} (asked '
+          'for by index.max_staleness_steps); is realm-index-builder '
+          'running on this workdir?')
+    return time.perf_counter() - started
+
   def host_batch(step, params):
     handle.maybe_swap()  # between steps: never mid-step
+    waited = 0.0
+    if (config.index.max_staleness_steps and
+        step - handle.checkpoint_step > config.index.max_staleness_steps):
+      waited = wait_for_index(step - config.index.max_staleness_steps)
     versions_used.add(handle.checkpoint_step)
     host = inputs.batch(step)
     chosen, valid, retrieved = search(host, params)
@@ -187,17 +209,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         index_step=handle.checkpoint_step,
         index_staleness=step - handle.checkpoint_step,
         candidates_missing=(~valid).sum(1).mean(),
-        index_versions_used=len(versions_used),
+        index_versions_used=len(versions_used), index_wait_seconds=waited,
         **retrieval_metrics(host, holders, retrieved))
 
   # Held-out retrieval: the same eval queries every time (sentences of
   # blocks no training query comes from), searched in the served index
-  # with the current query tower, so that the retriever's progress from its
+  # (with index.fresh_eval: one of this step's checkpoint) with the current
+  # query tower, so that the retriever's progress from its
   # ICT start (step 0) is measured on queries it was never trained on.
   eval_inputs = make_input(seed=config.seed + _EVAL_SEED_OFFSET,
                            split='eval') if config.eval_batches else None
 
   def evaluate(params):
+    step = int(trainer.state['step'])  # its checkpoint is saved
+    if config.index.fresh_eval and not handle.wait_for_checkpoint(
+        step, config.index.wait_seconds):
+      logging.warning('No index of checkpoint %d after %s s: evaluating '
+                      'with the served one (eval/index_step)', step,
+                      config.index.wait_seconds)
     totals = collections.Counter()
     for chunk in range(config.eval_batches):
       host = eval_inputs.batch(chunk)

@@ -114,11 +114,23 @@ class IndexHandle:
 
   def wait_until_ready(self, timeout_seconds: float) -> None:
     """Blocks until a version is current (e.g. the first one at start)."""
+    if not self.wait_for_checkpoint(None, timeout_seconds):
+      raise TimeoutError(f'no index version in {self.store.directory} '
+                         f'after {timeout_seconds} s')
+
+  def wait_for_checkpoint(self, min_step: int | None,
+                          timeout_seconds: float) -> bool:
+    """Blocks until the current version was embedded from a checkpoint at
+    min_step or later (None: any version), swapping in parked versions.
+    False if none came within the timeout. Call between train steps."""
     deadline = time.time() + timeout_seconds
-    while not self.maybe_swap() and self._current is None:
+    while True:
+      self.maybe_swap()
+      step = self.checkpoint_step
+      if step is not None and (min_step is None or step >= min_step):
+        return True
       if time.time() > deadline:
-        raise TimeoutError(f'no index version in {self.store.directory} '
-                           f'after {timeout_seconds} s')
+        return False
       if self._thread is None:
         self.refresh()
       time.sleep(0.05)
