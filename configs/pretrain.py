@@ -66,9 +66,9 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
       max_staleness_steps=0,
       # Held-out evaluation waits (up to wait_seconds) for the index of the
       # evaluated step's checkpoint, so that eval/fact_recall measures the
-      # retriever, not the builder's lag. Off at scale, where one build
-      # takes hours.
-      fresh_eval=tiny,
+      # retriever, not the builder's lag. Needs a builder following the run
+      # (not --once); at scale one build takes hours.
+      fresh_eval=False,
   ))
   # Every step: the step already waits for its retrieval, so reading the
   # metrics back costs nothing.

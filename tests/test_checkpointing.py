@@ -138,15 +138,21 @@ def test_clock_counts_reported_device_waits_as_device_time(monkeypatch):
   queued behind the last step) are the device's, not the host's."""
   now = iter([0.0, 10.0, 14.0, 20.0, 30.0, 32.0, 40.0])
   monkeypatch.setattr(trainer.time, 'perf_counter', lambda: next(now))
+  # The thread's CPU time: 0.5 s of the first host work, 1.5 s of the
+  # second (the rest of their wall time the thread was not running).
+  cpu = iter([100.0, 100.5, 200.0, 201.5])
+  monkeypatch.setattr(trainer.time, 'thread_time', lambda: next(cpu))
   clock = trainer._Clock(start_step=0, num_steps=4)  # t=0
   clock.host_started()  # t=10
   clock.host_done(device_wait=3.0)  # t=14: 4 s of host_batch, 3 blocked
   first = clock.metrics(1)  # t=20
   assert first['time/host_ms'] == pytest.approx(1e3)
+  assert first['time/host_cpu_ms'] == pytest.approx(500)
   assert first['time/device_ms'] == pytest.approx(19e3)
   assert first['time/eta_s'] == pytest.approx(3 * 20.0)
   clock.host_started()  # t=30
   clock.host_done()  # t=32: nothing reported, all host
   second = clock.metrics(2)  # t=40
   assert second['time/host_ms'] == pytest.approx(2e3)
+  assert second['time/host_cpu_ms'] == pytest.approx(1.5e3)
   assert second['time/device_ms'] == pytest.approx(18e3)

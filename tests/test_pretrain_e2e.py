@@ -91,7 +91,8 @@ def test_pretrain_hot_swaps_indices_built_beside_it(ict_workdir, tmp_path):
     # Bounded staleness: no step is served an index more than 10 steps
     # older (checkpoints every 5); evaluation waits for its step's index.
     config = _pretrain_config(num_train_steps=40, init_from=str(ict_workdir),
-                              **{'index.max_staleness_steps': 10})
+                              **{'index.max_staleness_steps': 10,
+                                 'index.fresh_eval': True})
     config.mesh.update(data=4, model=2)  # the 8 fake devices of the tests
     config.checkpoint.max_to_keep = 100  # keep step 0 to compare with ICT
     last = pretrain.train_and_evaluate(config, str(workdir))
