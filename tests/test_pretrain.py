@@ -1,6 +1,5 @@
 """REALM pre-training: the marginal loss, its gradients, the candidates,
 the initialisation from BERT and ICT."""
-import importlib.util
 import json
 
 import jax
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import CONFIGS
+from conftest import job_config
 
 from realm_jax import checkpointing
 from realm_jax import config_lib
@@ -228,14 +227,6 @@ def test_candidate_inputs(tiny_corpus_workdir):
 # --- Initialisation: BERT checkpoint first, then an ICT run's retriever ----
 
 
-def _load_config(job):
-  spec = importlib.util.spec_from_file_location(f'{job}_config',
-                                                CONFIGS / f'{job}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config('tiny')
-
-
 @pytest.fixture(scope='module')
 def bert_workdirs(tmp_path_factory):
   """A tiny random BertForMaskedLM checkpoint (character-level WordPiece
@@ -261,14 +252,14 @@ def bert_workdirs(tmp_path_factory):
   model.save_pretrained(checkpoint, safe_serialization=True)
   (checkpoint / 'vocab.txt').write_text('\n'.join(vocab) + '\n')
 
-  corpus_config = _load_config('prepare_corpus')
+  corpus_config = job_config('prepare_corpus')
   corpus_config.input.synthetic_docs = 30
   corpus_config.tokenizer.path = str(checkpoint / 'vocab.txt')
   corpus_config.lengths.update(block_len=64, max_title_len=16)
   prepare_corpus.prepare_corpus(corpus_config, str(root))
 
   ict_workdir = root / 'ict'
-  ict_config = _load_config('ict')
+  ict_config = job_config('ict')
   ict_config.update_from_flattened_dict({
       'corpus_dir': str(root / 'corpus'),
       'init.bert_checkpoint': str(checkpoint), 'model.pooling': 'mean',
@@ -281,7 +272,7 @@ def bert_workdirs(tmp_path_factory):
 
 
 def _bert_pretrain_config(checkpoint, corpus_dir, **overrides):
-  config = _load_config('pretrain')
+  config = job_config('pretrain')
   config.update_from_flattened_dict({
       'corpus_dir': str(corpus_dir), 'init.bert_checkpoint': str(checkpoint),
       'model.pooling': 'mean', 'lengths.block_len': 64,
@@ -405,22 +396,14 @@ def test_index_query_embedder_searches_with_the_index_checkpoint(tmp_path):
 
 
 def test_query_embedder_field_is_checked():
-  spec = importlib.util.spec_from_file_location('pretrain_config',
-                                                CONFIGS / 'pretrain.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
+  config = job_config('pretrain')
   config.query_embedder = 'stale'
   with pytest.raises(config_lib.ConfigError, match=r'config\.query_embedder'):
     pretrain.validate(config, num_devices=8)
 
 
 def test_max_staleness_below_the_checkpoint_interval_is_refused():
-  spec = importlib.util.spec_from_file_location('pretrain_config',
-                                                CONFIGS / 'pretrain.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
+  config = job_config('pretrain')
   config.checkpoint.every_steps = 20
   config.index.max_staleness_steps = 20
   pretrain.validate(config, num_devices=8)  # as fresh as checkpoints allow
