@@ -64,6 +64,14 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
       # step whose index is more than N steps older than it waits (up to
       # wait_seconds) for a fresher one; needs N >= checkpoint.every_steps.
       max_staleness_steps=0,
+      # Lockstep refresh. 0: the served index swaps whenever the builder
+      # publishes (REALM). N > 0: it swaps only every N steps, and step s
+      # (s a multiple of N) waits for the index of checkpoint s, so which
+      # index each step searched no longer depends on the builder's speed:
+      # a run is reproducible (the learning bed), and N sets how stale
+      # retrieval is (the paper's staler-index ablation). N must be a
+      # multiple of checkpoint.every_steps.
+      refresh_every_steps=0,
       # Held-out evaluation waits (up to wait_seconds) for the index of the
       # evaluated step's checkpoint, so that eval/fact_recall measures the
       # retriever, not the builder's lag. Needs a builder following the run

@@ -36,13 +36,15 @@ NO_DROPOUT=(--config.model.dropout_rate=0 --config.model.attention_dropout_rate=
 REALM="$W/$RUN"
 mkdir -p "$REALM"
 # The builder embeds the corpus with each new REALM checkpoint (the first
-# one is step 0, the ICT retriever) and exits after TRAINING_DONE. A step
-# waits for an index at most 40 steps old (2 checkpoints; unhurried the
-# builder keeps within 26), so that a busy machine cannot make the run
-# staler than the measured ones; held-out evaluation waits for an index of
-# its own step (index.fresh_eval).
+# one is step 0, the ICT retriever) and exits after TRAINING_DONE. The
+# index is refreshed in lockstep (index.refresh_every_steps): every 20
+# steps (each checkpoint) the trainer waits for the index of its own
+# checkpoint, so a run searches the same indices however busy the machine
+# (an asynchronous run's staleness, and so its result, depends on the
+# builder's speed); held-out evaluation also waits for its step's index.
 .venv/bin/realm-index-builder --config=configs/index_builder.py:tiny \
   --workdir="$REALM" --config.corpus_dir="$W/corpus" \
+  --config.poll_seconds=0.2 \
   > "$REALM/index_builder.log" 2>&1 &
 BUILDER=$!
 trap 'kill $BUILDER 2>/dev/null || true' EXIT
@@ -52,7 +54,8 @@ trap 'kill $BUILDER 2>/dev/null || true' EXIT
   --config.model.pooling=mean "${LENGTHS[@]}" --config.lengths.query_len=40 \
   --config.lengths.joint_len=72 --config.batch_size=16 \
   --config.num_train_steps=600 --config.eval_batches=64 \
-  --config.index.max_staleness_steps=40 --config.index.fresh_eval=true \
+  --config.index.refresh_every_steps=20 --config.index.poll_seconds=0.2 \
+  --config.index.fresh_eval=true \
   --config.seed="$SEED" "${NO_DROPOUT[@]}" "$@"
 wait $BUILDER
 trap - EXIT

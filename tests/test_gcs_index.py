@@ -3,6 +3,11 @@ Cloud Storage emulator: a version counts only once its manifest.json (the
 commit object, uploaded last) exists and matches; readers load a verified
 local copy; orbax checkpoints go through TensorStore's gcs driver."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 
 from etils import epath
 from flax import nnx
@@ -12,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import CONFIGS
+from conftest import CONFIGS, REPO_ROOT
 import gcs_emulator
 from realm_jax import checkpointing
 from realm_jax import corpus as corpus_lib
@@ -187,6 +192,44 @@ def test_corrupt_newest_version_is_refused(gcs_bucket, cache):
   assert handle.checkpoint_step == 3
 
 
+PUBLISH = textwrap.dedent(f'''
+    import sys
+    import numpy as np
+    from realm_jax.retrieval import index_store, mips
+    directory, step = sys.argv[1], int(sys.argv[2])
+    embeddings = np.random.default_rng(step).normal(size=(64, {DIM}))
+    embeddings = embeddings.astype(np.float32)
+    index_store.IndexStore(directory).publish(step, mips.build_index(
+        embeddings, mips.index_config()), embeddings[:8], dict(note='test'))
+''')
+
+
+def _subprocess_env():
+  """This process's environment (the emulator's settings included)."""
+  return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO_ROOT))
+
+
+def test_a_reader_sees_what_another_process_published(gcs_bucket, cache):
+  """The trainer and the builder are different processes. gcsfs caches
+  directory listings in-process, by default forever: once index/ had been
+  listed, LATEST rewritten by the builder read with its old size
+  (truncated JSON), and the trainer never swapped again. realm_jax turns
+  that cache off; nothing here invalidates it by hand."""
+  del cache
+  index_dir = f'{gcs_bucket}/w/index'
+  store = index_store.IndexStore(index_dir)
+  _publish(store, 1)
+  handle = _handle(index_dir)
+  assert store.versions() == [index_store.version_name(1)]  # lists index/
+  subprocess.run([sys.executable, '-c', PUBLISH, index_dir, '2'],
+                 env=_subprocess_env(), check=True, timeout=300)
+  assert store.pointer()['checkpoint_step'] == 2
+  assert handle.refresh() and handle.maybe_swap()
+  assert handle.checkpoint_step == 2
+  np.testing.assert_array_equal(handle.search(QUERIES, 1)[0][:, 0],
+                                _top1(2, QUERIES))
+
+
 def test_chunk_counts_only_when_complete(gcs_bucket, tmp_path):
   for directory in (epath.Path(gcs_bucket) / 'building', epath.Path(tmp_path)):
     vectors = _embeddings(0, n=10)
@@ -272,9 +315,9 @@ def _builder_config(corpus_dir):
   return config
 
 
-@pytest.mark.slow
-def test_builder_on_bucket_completes_a_killed_publish(
-    gcs_bucket, cache, tiny_corpus_workdir, monkeypatch):
+def _indexed_at_step_1(gcs_bucket, corpus_dir):
+  """(gs:// workdir, model config, its checkpoint manager): a trainer's
+  config.json and checkpoint 1, indexed by an in-process builder."""
   workdir = epath.Path(f'{gcs_bucket}/w')
   model_config = _ict_config().model
   (workdir / workspace.CONFIG_FILE).write_text(json.dumps(
@@ -283,8 +326,16 @@ def test_builder_on_bucket_completes_a_killed_publish(
       workdir / 'checkpoints', checkpointing.checkpoint_config(1))
   checkpointing.save(manager, 1, _train_state(model_config, 1.0), {})
   manager.wait_until_finished()
+  builder_lib.Builder(_builder_config(corpus_dir), workdir).run(once=True)
+  return workdir, model_config, manager
+
+
+@pytest.mark.slow
+def test_builder_on_bucket_completes_a_killed_publish(
+    gcs_bucket, cache, tiny_corpus_workdir, monkeypatch):
+  workdir, model_config, manager = _indexed_at_step_1(
+      gcs_bucket, tiny_corpus_workdir / 'corpus')
   config = _builder_config(tiny_corpus_workdir / 'corpus')
-  builder_lib.Builder(config, workdir).run(once=True)
   handle = _handle(workdir / 'index')
   assert handle.checkpoint_step == 1
 
@@ -315,3 +366,134 @@ def test_builder_on_bucket_completes_a_killed_publish(
   assert handle.checkpoint_step == 2
   corpus = corpus_lib.Corpus(tiny_corpus_workdir / 'corpus')
   assert manifest['num_blocks'] == len(corpus)
+
+
+# Runs the builder and SIGKILLs it at a named point, argv[1]:
+# `module:function:N:before|after[:text]`, the N-th call of that function
+# (whose arguments mention `text`), before or after it runs.
+KILL_AT = textwrap.dedent('''
+    import importlib, os, signal, sys
+    point = sys.argv.pop(1)
+    module, name, count, when, text = (point.split(':') + [''])[:5]
+    owner = importlib.import_module(module)
+    *owners, attribute = name.split('.')
+    for part in owners:
+      owner = getattr(owner, part)
+    original, calls = getattr(owner, attribute), []
+    def die():
+      print('SIGKILL at', point, file=sys.stderr, flush=True)
+      os.kill(os.getpid(), signal.SIGKILL)
+    def wrapper(*args, **kwargs):
+      hit = text in ' '.join(map(str, args))
+      calls.extend([0] if hit else [])
+      last = hit and len(calls) == int(count)
+      if last and when == 'before':
+        die()
+      result = original(*args, **kwargs)
+      if last:
+        die()
+      return result
+    setattr(owner, attribute, wrapper)
+    from index_builder import main
+    main.run()
+''')
+
+# In the order a build reaches them, each on the state the one before left
+# (the builder indexes checkpoint 2 beside the served version of 1).
+KILL_POINTS = (
+    # the document tower restored, nothing embedded
+    'realm_jax.checkpointing:restore_subtree:1:after',
+    # the first chunk and its marker, the second's data without its marker
+    'etils.epath.abstract_path:Path.write_text:2:before:.done',
+    # three more chunks complete
+    'realm_jax.retrieval.index_store:write_chunk:3:after',
+    # every chunk complete, nothing built
+    'realm_jax.retrieval.index_store:read_chunks:1:before',
+    # the MIPS index built in memory, nothing saved
+    'realm_jax.retrieval.mips:build_index:1:after',
+    # saved and checked in the local staging folder, nothing uploaded
+    'realm_jax.retrieval.index_store:_check_search:1:after',
+    # the first index file uploaded
+    'realm_jax.corpus:copy_file:1:after',
+    # every index file uploaded, not the commit (manifest.json)
+    'realm_jax.corpus:copy_file:1:before:manifest.json',
+    # committed, LATEST still names version 1
+    'realm_jax.corpus:copy_file:1:after:manifest.json',
+    # LATEST is about to be written
+    'realm_jax.retrieval.index_store:atomic_write_text:1:before:LATEST',
+    # LATEST names version 2, the build's chunks are still there
+    'realm_jax.retrieval.index_store:atomic_write_text:1:after:LATEST',
+    # chunks removed, version 1 (past keep_versions=1) not deleted yet
+    'realm_jax.retrieval.index_store:IndexStore.delete_old_versions:1:before',
+)
+
+
+@pytest.mark.slow
+def test_builder_sigkilled_at_every_point_on_a_bucket(
+    gcs_bucket, cache, tiny_corpus_workdir, caplog):
+  """realm-index-builder on a gs:// workdir, SIGKILLed at 12 points of a
+  build and restarted each time, beside a reader that polls LATEST all the
+  while (as the trainer's handle does): the reader serves version 1 until
+  version 2 is complete, never loads a partial version, and the last
+  restart completes the build and its clean-up."""
+  del cache
+  corpus_dir = tiny_corpus_workdir / 'corpus'
+  workdir, model_config, manager = _indexed_at_step_1(gcs_bucket, corpus_dir)
+  checkpointing.save(manager, 2, _train_state(model_config, 1.5), {})
+  manager.wait_until_finished()
+  num_blocks = len(corpus_lib.Corpus(corpus_dir))
+  chunk_blocks = num_blocks // 8 + 1  # 8 chunks: 1 + 1 + 3 + 3 in the kills
+  command = [f'--config={CONFIGS}/index_builder.py:tiny',
+             f'--workdir={workdir}', f'--config.corpus_dir={corpus_dir}',
+             '--config.embed_batch_size=8',
+             f'--config.chunk_blocks={chunk_blocks}',
+             '--config.keep_versions=1', '--once']
+
+  handle = index_handle.IndexHandle(workdir / 'index', poll_seconds=0.05,
+                                    reader_id='trainer-0').start()
+  handle.wait_until_ready(60)
+  store = index_store.IndexStore(workdir / 'index')
+  version = index_store.version_name(2)
+  served = []
+  try:
+    for i, point in enumerate(KILL_POINTS):
+      killed = subprocess.run(
+          [sys.executable, '-c', KILL_AT, point, *command],
+          env=_subprocess_env(), capture_output=True, text=True,
+          timeout=600)
+      assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+      assert f'SIGKILL at {point}' in killed.stderr
+      committed, pointed = i >= 8, i >= 10
+      assert store.latest_step() == (2 if pointed else 1), point
+      if committed or pointed:
+        store.verify_files(version)
+      else:
+        assert not store.is_committed(version), point
+      if pointed:
+        assert handle.wait_for_checkpoint(2, 60), point
+      handle.maybe_swap()
+      served.append(handle.checkpoint_step)
+      ids, scores = handle.search(QUERIES, 4)  # serving, whole
+      assert ids.shape == (6, 4) and np.isfinite(scores).all()
+      if i == 10:  # the restart completes what the kill left undone
+        assert store.building_dir(2).exists()
+    assert served == [1] * 10 + [2] * 2
+    assert not store.building_dir(2).exists()
+    assert store.versions() == [index_store.version_name(1), version]
+
+    restart = subprocess.run(
+        [sys.executable, '-m', 'index_builder.main', *command],
+        env=_subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert restart.returncode == 0, restart.stderr[-3000:]
+  finally:
+    handle.close()
+  assert 'Refusing index version' not in caplog.text
+  assert store.latest_step() == 2 and store.versions() == [version]
+  objects = _objects(f'{workdir}/index')
+  assert not any(name.startswith(('building/', 'step-00000001'))
+                 for name in objects), objects
+  manifest = store.verify_files(version)
+  assert manifest['num_blocks'] == num_blocks
+  index, _ = store.load(version)
+  np.testing.assert_array_equal(handle.search(QUERIES, 4)[0],
+                                index.search(QUERIES, 4)[0])

@@ -1,6 +1,7 @@
 """The index builder as a real process: build, kill, resume, stop."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,10 +13,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import CONFIGS, REPO_ROOT
+from conftest import CONFIGS, REPO_ROOT, job_config
 from realm_jax import checkpointing
 from realm_jax.retrieval import workspace
 from realm_jax import corpus as corpus_lib
+from realm_jax.retrieval import builder as builder_lib
 from realm_jax.retrieval import embedding
 from realm_jax.jobs import ict
 from realm_jax.retrieval import index_store
@@ -193,3 +195,45 @@ def test_loop_stops_on_training_done_and_on_sigterm(trained_workdir,
     time.sleep(0.5)
   process.send_signal(signal.SIGTERM)
   assert process.wait(timeout=60) == 0, log.read_text()
+
+
+@pytest.mark.slow
+def test_checkpoints_deleted_under_the_builder_are_skipped(
+    trained_workdir, tmp_path, monkeypatch):
+  """The trainer keeps only its newest checkpoints, deleting older ones as
+  it saves, which races the builder: orbax's listing stats every step it
+  listed, and a restore can find its step gone (both FileNotFoundError;
+  seen on the learning bed). The builder lists again and indexes the
+  newest checkpoint instead of dying."""
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  for name in ('corpus', 'config.json'):
+    (workdir / name).symlink_to(trained_workdir / name)
+  checkpoints = workdir / 'checkpoints'
+  shutil.copytree(trained_workdir / 'checkpoints', checkpoints)
+  shutil.move(checkpoints / '2', tmp_path / 'step-2')  # saved later
+  config = job_config('index_builder')
+  config.embed_batch_size, config.chunk_blocks = 8, CHUNK
+  builder = builder_lib.Builder(config, workdir)
+
+  reload, listings = builder.checkpoints.reload, []
+  def racing_reload():
+    listings.append(len(listings))
+    if len(listings) == 1:  # a step deleted between orbax's list and stat
+      raise FileNotFoundError(f'{checkpoints}/0')
+    return reload()
+  restore = checkpointing.restore_subtree
+  def trainer_saves_and_deletes(manager, step, *args):
+    if step == 1:  # the trainer saves step 2 and deletes step 1 meanwhile
+      shutil.move(tmp_path / 'step-2', checkpoints / '2')
+      shutil.rmtree(checkpoints / '1')
+    return restore(manager, step, *args)
+  monkeypatch.setattr(builder.checkpoints, 'reload', racing_reload)
+  monkeypatch.setattr(checkpointing, 'restore_subtree',
+                      trainer_saves_and_deletes)
+  builder.run(once=True)
+  store = index_store.IndexStore(workdir / 'index')
+  assert store.latest_step() == 2 and store.versions() == [
+      index_store.version_name(2)]
+  assert len(listings) >= 3  # the failed listing, step 1's, step 2's
+  assert not store.building_dir(1).exists()

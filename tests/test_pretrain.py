@@ -402,6 +402,17 @@ def test_query_embedder_field_is_checked():
     pretrain.validate(config, num_devices=8)
 
 
+def test_refresh_interval_must_be_a_multiple_of_the_checkpoint_interval():
+  config = job_config('pretrain')
+  config.checkpoint.every_steps = 20
+  config.index.refresh_every_steps = 60
+  pretrain.validate(config, num_devices=8)
+  config.index.refresh_every_steps = 30  # step 30's checkpoint never exists
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config\.index\.refresh_every_steps'):
+    pretrain.validate(config, num_devices=8)
+
+
 def test_max_staleness_below_the_checkpoint_interval_is_refused():
   config = job_config('pretrain')
   config.checkpoint.every_steps = 20

@@ -62,6 +62,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       'index.max_staleness_steps', f'{staleness} must be 0 (no bound) or '
       f'at least checkpoint.every_steps ({config.checkpoint.every_steps}): '
       'an index is only ever as fresh as the last checkpoint')
+  refresh = config.index.refresh_every_steps
+  config_lib.check(
+      refresh >= 0 and refresh % config.checkpoint.every_steps == 0,
+      'index.refresh_every_steps', f'{refresh} must be 0 (swap whenever a '
+      'version is published) or a multiple of checkpoint.every_steps '
+      f'({config.checkpoint.every_steps}): step s waits for the index of '
+      'checkpoint s')
   config_lib.check(config.query_embedder in QUERY_EMBEDDERS,
                    'query_embedder', f'{config.query_embedder!r} is not one '
                    f'of {QUERY_EMBEDDERS}')
@@ -177,23 +184,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        host['source_block'][:, None]).any(1).mean(),
         fact_recall=holders.any(1).mean())
 
-  def wait_for_index(min_step):
+  def wait_for_index(min_step, field):
     """Seconds spent waiting for an index of checkpoint >= min_step."""
     started = time.perf_counter()
     if not handle.wait_for_checkpoint(min_step, config.index.wait_seconds):
       raise TimeoutError(
           f'no index of checkpoint {min_step} or later in {workdir / "index"}'
           f' after index.wait_seconds={config.index.wait_seconds} (asked '
-          'for by index.max_staleness_steps); is realm-index-builder '
-          'running on this workdir?')
+          f'for by index.{field}); is realm-index-builder running on this '
+          'workdir?')
     return time.perf_counter() - started
 
+  refresh = config.index.refresh_every_steps
   def host_batch(step, params):
-    handle.maybe_swap()  # between steps: never mid-step
     waited = 0.0
+    if not refresh:
+      handle.maybe_swap()  # between steps: never mid-step
+    elif step % refresh == 0 or step == trainer.start_step:
+      # The index of this step's checkpoint (after a resume: of the last
+      # refresh step, or a newer one if that version is gone).
+      waited = wait_for_index(step - step % refresh, 'refresh_every_steps')
     if (config.index.max_staleness_steps and
         step - handle.checkpoint_step > config.index.max_staleness_steps):
-      waited = wait_for_index(step - config.index.max_staleness_steps)
+      waited += wait_for_index(step - config.index.max_staleness_steps,
+                               'max_staleness_steps')
     versions_used.add(handle.checkpoint_step)
     host = inputs.batch(step)
     chosen, valid, retrieved = search(host, params)

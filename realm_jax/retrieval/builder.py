@@ -64,18 +64,28 @@ class Builder:
     """Builds until TRAINING_DONE and the last checkpoint is indexed (or
     SIGTERM); with `once`, until the newest checkpoint is indexed."""
     leader = jax.process_index() == 0
+    if leader:
+      self._tidy()
     target = None  # with once: the checkpoint this run indexes
     waiting_since = None  # the state last announced as waited on
     while not self.stop.is_set():
       # Read the marker before the checkpoints: the trainer writes it after
       # its last checkpoint, so that checkpoint is then surely listed.
       training_done = workspace.training_done(self.workdir)
-      self.checkpoints.reload()
-      step = self.checkpoints.latest_step()
+      step = self._newest_checkpoint()
       indexed = self.store.latest_step()
       caught_up = step is None or (indexed is not None and indexed >= step)
       if leader and not caught_up:
-        self.build(step)
+        try:
+          self.build(step)
+        except FileNotFoundError:
+          if step in self._checkpoint_steps():
+            raise
+          # The trainer keeps its newest checkpoints only: this one was
+          # deleted under a slow build. Index the newest instead.
+          logging.warning('Checkpoint %d was deleted while being indexed; '
+                          'indexing the newest one instead', step)
+          continue
         if once:
           return
         continue
@@ -95,6 +105,34 @@ class Builder:
         logging.info('Waiting for a new checkpoint: newest checkpoint %s, '
                      'newest index %s', step, indexed)
       self.stop.wait(self.config.poll_seconds)
+
+  def _tidy(self) -> None:
+    """What a builder killed after publishing left: the published build's
+    chunks, and versions past keep_versions."""
+    indexed = self.store.latest_step()
+    if indexed is not None:
+      self.store.delete_finished_builds(indexed)
+      self.store.delete_old_versions(self.config.keep_versions,
+                                     self.config.lease_ttl_seconds)
+
+  def _checkpoint_steps(self) -> list[int]:
+    """The trainer's checkpoint steps, read again. The trainer deletes old
+    checkpoints while orbax lists them (it stats each listed step): a step
+    that vanishes in between is a FileNotFoundError, and the listing is
+    retried."""
+    for attempt in range(5):
+      try:
+        self.checkpoints.reload()
+        return list(self.checkpoints.all_steps())
+      except FileNotFoundError as e:
+        logging.info('A checkpoint was deleted while listed (%s); again', e)
+        time.sleep(0.1 * (attempt + 1))
+    self.checkpoints.reload()
+    return list(self.checkpoints.all_steps())
+
+  def _newest_checkpoint(self) -> int | None:
+    steps = self._checkpoint_steps()
+    return max(steps) if steps else None
 
   def build(self, step: int) -> None:
     """Process 0: embeds its share, waits for the other hosts' chunks,

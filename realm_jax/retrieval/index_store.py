@@ -294,6 +294,17 @@ class IndexStore:
           path.rmtree()
 
 
+  def delete_finished_builds(self, indexed_step: int) -> None:
+    """Builds of checkpoints up to the newest index's (published, or
+    overtaken): their chunks are never read again."""
+    building = self.directory / 'building'
+    if building.exists():
+      for path in building.iterdir():
+        if (path.name.startswith('step-') and
+            int(path.name.split('-')[1]) <= indexed_step):
+          path.rmtree()
+
+
 def _check_search(index: mips.MipsIndex, sample: np.ndarray) -> None:
   ids, scores = index.search(sample, k=min(8, index.num_vectors))
   if ids.min() < 0 or ids.max() >= index.num_vectors:
