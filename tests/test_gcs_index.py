@@ -221,13 +221,14 @@ def test_a_reader_sees_what_another_process_published(gcs_bucket, cache):
   _publish(store, 1)
   handle = _handle(index_dir)
   assert store.versions() == [index_store.version_name(1)]  # lists index/
-  subprocess.run([sys.executable, '-c', PUBLISH, index_dir, '2'],
+  # Step 12: a LATEST one byte longer than step 1's.
+  subprocess.run([sys.executable, '-c', PUBLISH, index_dir, '12'],
                  env=_subprocess_env(), check=True, timeout=300)
-  assert store.pointer()['checkpoint_step'] == 2
+  assert store.pointer()['checkpoint_step'] == 12
   assert handle.refresh() and handle.maybe_swap()
-  assert handle.checkpoint_step == 2
+  assert handle.checkpoint_step == 12
   np.testing.assert_array_equal(handle.search(QUERIES, 1)[0][:, 0],
-                                _top1(2, QUERIES))
+                                _top1(12, QUERIES))
 
 
 def test_chunk_counts_only_when_complete(gcs_bucket, tmp_path):
