@@ -2,6 +2,7 @@
 the corpus and examples writers commit with manifest.json, readers refuse
 an uncommitted folder, metrics.jsonl is readable after every step."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -11,13 +12,19 @@ import fsspec
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, _prepare_corpus_config
+from conftest import CONFIGS, REPO_ROOT, _prepare_corpus_config, job_config
 import gcs_emulator
 from realm_jax import corpus
 from realm_jax import metrics
 from realm_jax import synthetic_corpus
 from realm_jax.inputs import pretrain as pretrain_input
+from realm_jax.jobs import finetune
+from realm_jax.jobs import ict
 from realm_jax.jobs import prepare_corpus
+from realm_jax.jobs import pretrain
+from realm_jax.retrieval import index_store
+from test_ict import _ict_config
+from test_pretrain_e2e import TINY_MODEL, _pretrain_config
 
 
 @pytest.fixture
@@ -231,3 +238,74 @@ def test_cli_writes_into_the_bucket(gcs_bucket, cache, tmp_path, docs_jsonl):
   assert reader.manifest['num_documents'] == 60
   assert _objects(f'{gcs_bucket}/w') == {
       f'corpus/{name}' for name in [corpus.MANIFEST, *reader.manifest['files']]}
+
+
+@pytest.mark.slow
+def test_the_whole_chain_on_a_bucket(gcs_bucket, cache, tmp_path, docs_jsonl):
+  """prepare-corpus -> realm-ict -> realm-pretrain beside a
+  realm-index-builder process (3 index versions, hot-swapped) ->
+  realm-finetune -> realm-evaluate -> realm-answer, every workdir and the
+  corpus on the bucket; nothing written to a local `gs:` folder (the
+  cache fixture checks)."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO_ROOT))
+  ict_dir, pt_dir, ft_dir = (f'{gcs_bucket}/{name}'
+                             for name in ('ict', 'pt', 'ft'))
+  corpus_dir = f'{ict_dir}/corpus'
+  config = _config(docs_jsonl)
+  config.tokenizer.vocab_size = TINY_MODEL['vocab_size']
+  prepare_corpus.prepare_corpus(config, ict_dir)
+  ict.train_and_evaluate(_ict_config(num_train_steps=3), ict_dir)
+
+  with (tmp_path / 'builder.log').open('w') as log:
+    builder = subprocess.Popen(
+        [sys.executable, '-m', 'index_builder.main',
+         f'--config={CONFIGS}/index_builder.py:tiny', f'--workdir={pt_dir}',
+         f'--config.corpus_dir={corpus_dir}', '--config.embed_batch_size=16',
+         '--config.chunk_blocks=64', '--config.poll_seconds=0.2'],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+  try:
+    config = _pretrain_config(
+        num_train_steps=15, init_from=ict_dir, corpus_dir=corpus_dir,
+        **{'index.refresh_every_steps': 5, 'index.fresh_eval': True})
+    config.mesh.update(data=4, model=2)  # the 8 fake devices of the tests
+    pretrain.train_and_evaluate(config, pt_dir)
+    assert builder.wait(timeout=300) == 0, (tmp_path / 'builder.log'
+                                           ).read_text()[-3000:]
+  finally:
+    builder.kill()
+  rows = [r for r in _lines(f'{pt_dir}/logs/pretrain/metrics.jsonl')
+          if 'loss' in r]
+  assert [r['index_step'] for r in rows] == [0] * 5 + [5] * 5 + [10] * 5
+  assert index_store.IndexStore(f'{pt_dir}/index').latest_step() == 15
+
+  reader = corpus.Corpus(corpus_dir)
+  questions = [dict(question=f'What about {r["title"]}?',
+                    answer=[r['text'].split()[2]])
+               for r in reader.records(np.arange(16))]
+  train = tmp_path / 'train.jsonl'
+  train.write_text(''.join(json.dumps(q) + '\n' for q in questions))
+  config = job_config('finetune')
+  config.model.update(TINY_MODEL)
+  config.update_from_flattened_dict({
+      'init_from': pt_dir, 'corpus_dir': corpus_dir,
+      'train_data': str(train), 'eval_data': str(train),
+      'lengths.reader_len': 96, 'retriever_beam_size': 8,
+      'reader_beam_size': 2, 'num_train_steps': 2,
+      'checkpoint.every_steps': 2})
+  finetune.train_and_evaluate(config, ft_dir)
+  assert len(_lines(f'{ft_dir}/eval/predictions.jsonl')) == len(questions)
+
+  evaluated = subprocess.run(
+      [sys.executable, '-m', 'realm_jax.jobs.evaluate',
+       f'--config={CONFIGS}/evaluate.py', f'--workdir={ft_dir}',
+       f'--config.data={train}'],
+      env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert len(_lines(f'{ft_dir}/eval/train.jsonl')) == len(questions)
+  answered = subprocess.run(
+      [sys.executable, '-m', 'realm_jax.jobs.answer', '--json',
+       f'--workdir={ft_dir}', questions[0]['question']],
+      env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert answered.returncode == 0, answered.stderr[-3000:]
+  answer = json.loads(answered.stdout.splitlines()[-1])
+  assert answer['answer'] in answer['blocks'][answer['block']]['text']
