@@ -19,6 +19,7 @@ import pytest
 
 from conftest import CONFIGS, REPO_ROOT
 import gcs_emulator
+import kill_at
 from realm_jax import checkpointing
 from realm_jax import corpus as corpus_lib
 from realm_jax.retrieval import builder as builder_lib
@@ -206,7 +207,8 @@ PUBLISH = textwrap.dedent(f'''
 
 def _subprocess_env():
   """This process's environment (the emulator's settings included)."""
-  return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO_ROOT))
+  return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO_ROOT),
+              XLA_FLAGS='--xla_force_host_platform_device_count=1')
 
 
 def test_a_reader_sees_what_another_process_published(gcs_bucket, cache):
@@ -369,36 +371,6 @@ def test_builder_on_bucket_completes_a_killed_publish(
   assert manifest['num_blocks'] == len(corpus)
 
 
-# Runs the builder and SIGKILLs it at a named point, argv[1]:
-# `module:function:N:before|after[:text]`, the N-th call of that function
-# (whose arguments mention `text`), before or after it runs.
-KILL_AT = textwrap.dedent('''
-    import importlib, os, signal, sys
-    point = sys.argv.pop(1)
-    module, name, count, when, text = (point.split(':') + [''])[:5]
-    owner = importlib.import_module(module)
-    *owners, attribute = name.split('.')
-    for part in owners:
-      owner = getattr(owner, part)
-    original, calls = getattr(owner, attribute), []
-    def die():
-      print('SIGKILL at', point, file=sys.stderr, flush=True)
-      os.kill(os.getpid(), signal.SIGKILL)
-    def wrapper(*args, **kwargs):
-      hit = text in ' '.join(map(str, args))
-      calls.extend([0] if hit else [])
-      last = hit and len(calls) == int(count)
-      if last and when == 'before':
-        die()
-      result = original(*args, **kwargs)
-      if last:
-        die()
-      return result
-    setattr(owner, attribute, wrapper)
-    from index_builder import main
-    main.run()
-''')
-
 # In the order a build reaches them, each on the state the one before left
 # (the builder indexes checkpoint 2 beside the served version of 1).
 KILL_POINTS = (
@@ -459,7 +431,8 @@ def test_builder_sigkilled_at_every_point_on_a_bucket(
   try:
     for i, point in enumerate(KILL_POINTS):
       killed = subprocess.run(
-          [sys.executable, '-c', KILL_AT, point, *command],
+          [sys.executable, '-c', kill_at.HARNESS, point,
+           'index_builder.main', *command],
           env=_subprocess_env(), capture_output=True, text=True,
           timeout=600)
       assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
@@ -498,3 +471,58 @@ def test_builder_sigkilled_at_every_point_on_a_bucket(
   index, _ = store.load(version)
   np.testing.assert_array_equal(handle.search(QUERIES, 4)[0],
                                 index.search(QUERIES, 4)[0])
+
+
+@pytest.mark.slow
+def test_pretrain_sigkilled_mid_checkpoint_save_on_a_bucket(
+    gcs_bucket, cache, tiny_corpus_workdir):
+  """realm-pretrain on a gs:// workdir, beside a builder, SIGKILLed while
+  its step-10 checkpoint is being written (orbax's asynchronous save in
+  flight): the restart resumes from step 5, the last complete checkpoint,
+  at its data position, and - the index refreshed in lockstep - repeats
+  steps 6-10 with the killed run's very losses."""
+  del cache
+  workdir = f'{gcs_bucket}/pt'
+  corpus_dir = tiny_corpus_workdir / 'corpus'
+  flags = [f'--config={CONFIGS}/pretrain.py:tiny', f'--workdir={workdir}',
+           f'--config.corpus_dir={corpus_dir}', '--config.batch_size=4',
+           *[f'--config.model.{k}={v}' for k, v in dict(
+               num_layers=1, hidden_size=32, num_heads=2,
+               intermediate_size=64, projection_size=16,
+               vocab_size=1000).items()],
+           '--config.lengths.joint_len=128', '--config.num_train_steps=15',
+           '--config.checkpoint.every_steps=5', '--config.log_every_steps=1',
+           '--config.index.poll_seconds=0.2',
+           '--config.index.refresh_every_steps=5']
+  builder = subprocess.Popen(
+      [sys.executable, '-m', 'index_builder.main',
+       f'--config={CONFIGS}/index_builder.py:tiny', f'--workdir={workdir}',
+       f'--config.corpus_dir={corpus_dir}', '--config.embed_batch_size=16',
+       '--config.chunk_blocks=64', '--config.poll_seconds=0.2'],
+      env=_subprocess_env(), stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  try:
+    point = 'realm_jax.checkpointing:save:1:after:#1=10'
+    killed = subprocess.run(
+        [sys.executable, '-c', kill_at.HARNESS, point,
+         'realm_jax.jobs.pretrain', *flags],
+        env=_subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert f'SIGKILL at {point}' in killed.stderr
+    manager = checkpointing.make_manager(f'{workdir}/checkpoints',
+                                         read_only=True)
+    assert manager.latest_step() == 5
+    restarted = subprocess.run(
+        [sys.executable, '-m', 'realm_jax.jobs.pretrain', *flags],
+        env=_subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert builder.wait(timeout=300) == 0
+  finally:
+    builder.kill()
+  rows = [json.loads(line) for line in epath.Path(
+      f'{workdir}/logs/pretrain/metrics.jsonl').read_text().splitlines()]
+  rows = [r for r in rows if 'loss' in r]
+  assert [r['step'] for r in rows] == [*range(1, 11), *range(6, 16)]
+  assert [r['loss'] for r in rows[5:10]] == [r['loss'] for r in rows[10:15]]
+  manager.reload()
+  assert manager.restore(15).data == {'next_step': 15}

@@ -5,7 +5,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import ml_collections
@@ -14,6 +13,7 @@ import pytest
 from flax import nnx
 
 from conftest import CONFIGS, REPO_ROOT, job_config
+import kill_at
 from realm_jax import checkpointing
 from realm_jax.retrieval import workspace
 from realm_jax import corpus as corpus_lib
@@ -26,30 +26,14 @@ from test_ict import _ict_config
 
 CHUNK = 16  # blocks per embedding chunk: the tiny corpus makes ~10 chunks
 
-# Runs the builder with a real SIGKILL at a chosen point (argv[1]): after
-# the 3rd embedding chunk is written, or inside publish just before the
-# version folder is renamed into place, or just before LATEST is written.
-KILL_HARNESS = textwrap.dedent('''
-    import os, signal, sys
-    from realm_jax.retrieval import index_store
-    point = sys.argv.pop(1)
-    def kill():
-      os.kill(os.getpid(), signal.SIGKILL)
-    if point == 'embedding':
-      write_chunk, written = index_store.write_chunk, []
-      def patched(directory, chunk, vectors):
-        write_chunk(directory, chunk, vectors)
-        written.append(chunk)
-        if len(written) == 3:
-          kill()
-      index_store.write_chunk = patched
-    elif point == 'before_rename':
-      index_store._check_search = lambda *a: kill()
-    elif point == 'before_pointer':
-      index_store.atomic_write_text = lambda *a: kill()
-    from index_builder import main
-    main.run()
-''')
+# Real SIGKILLs (kill_at.py): after the 3rd embedding chunk is written,
+# inside publish just before the version folder is renamed into place, or
+# just before LATEST is written.
+KILL_POINTS = dict(
+    embedding='realm_jax.retrieval.index_store:write_chunk:3:after',
+    before_rename='realm_jax.retrieval.index_store:_check_search:1:before',
+    before_pointer=(
+        'realm_jax.retrieval.index_store:atomic_write_text:1:before:LATEST'))
 
 
 def _builder_command(workdir, *extra):
@@ -144,8 +128,8 @@ def test_sigkill_never_exposes_a_partial_version(trained_workdir, tmp_path,
                                                  point):
   workdir = _fresh_copy(trained_workdir, tmp_path)
   killed = subprocess.run(
-      [sys.executable, '-c', KILL_HARNESS, point,
-       *_builder_command(workdir, '--once')],
+      [sys.executable, '-c', kill_at.HARNESS, KILL_POINTS[point],
+       'index_builder.main', *_builder_command(workdir, '--once')],
       cwd=REPO_ROOT, env=_env(), capture_output=True, timeout=300)
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
   store = index_store.IndexStore(workdir / 'index')
