@@ -7,7 +7,7 @@
 # publishes fresher indices that the trainer hot-swaps. Prints a summary:
 # the reader's copying, ICT, REALM's retrieval utility (mean +- SE), its
 # MLM accuracy vs the same reader given only the null document, and the
-# fact recall of held-out queries at the ICT start and every 50 steps.
+# fact recall of held-out queries at the ICT start and every 100 steps.
 # Usage: bash launch/realm_bed.sh WORKDIR [RUN_NAME [realm-pretrain flags]]
 #   e.g. bash launch/realm_bed.sh /tmp/bed frozen --config.freeze_retriever=true
 # Needs ./.venv (launch/install.sh; launch/local_smoke.sh does both). A
@@ -55,7 +55,7 @@ trap 'kill $BUILDER 2>/dev/null || true' EXIT
   --config.lengths.joint_len=72 --config.batch_size=16 \
   --config.num_train_steps=600 --config.eval_batches=64 \
   --config.index.refresh_every_steps=20 --config.index.poll_seconds=0.2 \
-  --config.index.fresh_eval=true \
+  --config.index.fresh_eval=true --config.eval_every_steps=100 \
   --config.seed="$SEED" "${NO_DROPOUT[@]}" "$@"
 wait $BUILDER
 trap - EXIT

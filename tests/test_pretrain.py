@@ -411,6 +411,13 @@ def test_refresh_interval_must_be_a_multiple_of_the_checkpoint_interval():
   with pytest.raises(config_lib.ConfigError,
                      match=r'config\.index\.refresh_every_steps'):
     pretrain.validate(config, num_devices=8)
+  # A fresh evaluation between refreshes would swap the training index.
+  config.index.update(refresh_every_steps=20, fresh_eval=True)
+  config.eval_every_steps = 60
+  pretrain.validate(config, num_devices=8)
+  config.eval_every_steps = 50
+  with pytest.raises(config_lib.ConfigError, match=r'config\.eval_every_steps'):
+    pretrain.validate(config, num_devices=8)
 
 
 def test_max_staleness_below_the_checkpoint_interval_is_refused():

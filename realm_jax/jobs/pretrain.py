@@ -69,6 +69,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       'version is published) or a multiple of checkpoint.every_steps '
       f'({config.checkpoint.every_steps}): step s waits for the index of '
       'checkpoint s')
+  config_lib.check(
+      not (refresh and config.index.fresh_eval and config.eval_batches) or
+      config.eval_every_steps % refresh == 0, 'eval_every_steps',
+      f'{config.eval_every_steps} must be a multiple of '
+      f'index.refresh_every_steps ({refresh}) with index.fresh_eval: an '
+      'evaluation swaps in its own step\'s index, which would otherwise '
+      'change what the next training steps search')
   config_lib.check(config.query_embedder in QUERY_EMBEDDERS,
                    'query_embedder', f'{config.query_embedder!r} is not one '
                    f'of {QUERY_EMBEDDERS}')
