@@ -120,15 +120,15 @@ class Builder:
     checkpoints while orbax lists them (it stats each listed step): a step
     that vanishes in between is a FileNotFoundError, and the listing is
     retried."""
-    for attempt in range(5):
+    for attempt in range(6):
       try:
         self.checkpoints.reload()
         return list(self.checkpoints.all_steps())
       except FileNotFoundError as e:
+        if attempt == 5:
+          raise
         logging.info('A checkpoint was deleted while listed (%s); again', e)
         time.sleep(0.1 * (attempt + 1))
-    self.checkpoints.reload()
-    return list(self.checkpoints.all_steps())
 
   def _newest_checkpoint(self) -> int | None:
     steps = self._checkpoint_steps()
@@ -168,11 +168,8 @@ class Builder:
   def _follow(self, indexed: int | None) -> bool:
     """Other processes: embeds this host's share of the build process 0 has
     started (the newest building folder past the index). True if it did."""
-    building_root = self.store.directory / 'building'
-    steps = sorted(int(p.name.split('-')[1]) for p in (
-        building_root.iterdir() if building_root.exists() else ())
-                   if p.name.startswith('step-'))
-    steps = [s for s in steps if indexed is None or s > indexed]
+    steps = [s for s in self.store.build_steps()
+             if indexed is None or s > indexed]
     if not steps:
       return False
     try:

@@ -293,16 +293,19 @@ class IndexStore:
         if path.name != version_name(keep_step):
           path.rmtree()
 
+  def build_steps(self) -> list[int]:
+    """The checkpoint steps with a build folder under building/, sorted."""
+    building = self.directory / 'building'
+    return sorted(int(p.name.split('-')[1]) for p in (
+        building.iterdir() if building.exists() else ())
+                  if p.name.startswith('step-'))
 
   def delete_finished_builds(self, indexed_step: int) -> None:
     """Builds of checkpoints up to the newest index's (published, or
     overtaken): their chunks are never read again."""
-    building = self.directory / 'building'
-    if building.exists():
-      for path in building.iterdir():
-        if (path.name.startswith('step-') and
-            int(path.name.split('-')[1]) <= indexed_step):
-          path.rmtree()
+    for step in self.build_steps():
+      if step <= indexed_step:
+        self.building_dir(step).rmtree()
 
 
 def _check_search(index: mips.MipsIndex, sample: np.ndarray) -> None:
