@@ -10,6 +10,15 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # Read by gcsfs when it is imported; see tests/gcs_emulator.py.
 os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
+# One persistent compilation cache for the suite's processes (both xdist
+# workers and every job they spawn): the tests compile the same tiny
+# programs many times over, in many processes. A max size turns on jax's
+# file lock, so concurrent writers are safe. Keys hash the program and the
+# flags, so a stale entry is never used.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(
+    pathlib.Path(__file__).resolve().parents[1] / '.cache' / 'jax'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(2 << 30))
 
 import itertools  # pylint: disable=g-import-not-at-top
 
