@@ -14,6 +14,8 @@ registries ship; mean pooling, cosine scores) over squad_open/corpus.jsonl
 tokenized with its vocabulary. A rerun does only what is missing: every
 job resumes from its checkpoints, a finished stage is skipped, and a row
 already in the results file is not run again (--rerun to redo it).
+--zero-shot-only measures the rows' zero-shot recall and leaves their
+fine-tuning (about an hour a row) to a later run, which adds it.
 
 Split (fixed): fine-tuning never sees the questions of the articles with
 `article_idx % 5 == 2` (10 of squad_open's 48 articles; their paragraphs
@@ -386,17 +388,33 @@ def _mean_se(bits: str) -> tuple[float, float]:
       len(values))) if len(values) > 1 else 0.0
 
 
-def run_row(driver: Driver, row: str) -> dict:
-  """Runs what the row needs; returns its results (per-question bits)."""
+def is_complete(result: dict | None, row: str) -> bool:
+  """Whether a row's results hold every part it measures."""
+  if not result:
+    return False
+  finetunes = ROWS[row][1] is not None
+  return not finetunes or 'em' in result['splits'].get('heldout', {})
+
+
+def run_row(driver: Driver, row: str, zero_shot_only: bool = False,
+            done: dict | None = None) -> dict:
+  """Runs what the row needs and `done` (its earlier results) lacks;
+  returns its results (per-question bits)."""
   retriever, finetune = ROWS[row]
   result = dict(title=TITLES[row], splits={})
-  start = time.time()
-  if retriever:
-    for split, hits in driver.zero_shot(retriever).items():
-      result['splits'].setdefault(split, {})['zero_shot_recall@5'] = _bits(
-          hits)
-  result['zero_shot_seconds'] = time.time() - start
-  if finetune:
+  if done and 'zero_shot_seconds' in done:  # its zero-shot part is measured
+    result.update(splits={split: {k: v for k, v in cells.items()
+                                  if k == 'zero_shot_recall@5'}
+                          for split, cells in done['splits'].items()},
+                  zero_shot_seconds=done['zero_shot_seconds'])
+  else:
+    start = time.time()
+    if retriever:
+      for split, hits in driver.zero_shot(retriever).items():
+        result['splits'].setdefault(split, {})['zero_shot_recall@5'] = (
+            _bits(hits))
+    result['zero_shot_seconds'] = time.time() - start
+  if finetune and not zero_shot_only:
     path = driver.finetune(row, *finetune)
     for split in ('heldout', 'dev_seen'):
       records = [json.loads(l) for l in (path / 'eval' / f'{split}.jsonl')
@@ -411,7 +429,7 @@ def run_row(driver: Driver, row: str) -> dict:
   names = {'corpus'}
   if retriever not in (None, 'bm25') and not retriever.startswith('minilm'):
     names.add(retriever.split(':')[-1])
-  if finetune:
+  if finetune and not zero_shot_only:
     names |= {f'ft_{row}', *(n for n in finetune[:2] if n and n != 'minilm')}
   if any(n.startswith('realm') for n in names):
     names |= {'ict', 'mlm'}
@@ -435,7 +453,7 @@ def markdown(results: dict) -> str:
   cell = lambda row, split, metric: (
       '%.3f +- %.3f' % _mean_se(rows[row]['splits'][split][metric])
       if metric in rows.get(row, {}).get('splits', {}).get(split, {})
-      else '-')
+      else 'not run')
   n = {split: next((len(r['splits'][split].get('em') or
                         r['splits'][split].get('zero_shot_recall@5', ''))
                     for r in rows.values() if split in r['splits']), 0)
@@ -507,6 +525,9 @@ def main():
   parser.add_argument('--rows', default=','.join(ROWS))
   parser.add_argument('--quick', action='store_true')
   parser.add_argument('--rerun', action='store_true')
+  parser.add_argument('--zero-shot-only', action='store_true',
+                      help='measure the rows\' zero-shot recall and skip '
+                      'their fine-tuning (a later run without it adds it)')
   parser.add_argument('--table', action='store_true',
                       help='only rebuild the Markdown from the results')
   parser.add_argument('--results', default='',
@@ -526,11 +547,14 @@ def main():
       parser.error(f'--rows: unknown {unknown}; rows are {", ".join(ROWS)}')
     driver = Driver(pathlib.Path(args.data).resolve(), workdir, args.quick)
     for row in rows:
-      if row in results['rows'] and not args.rerun:
+      done = None if args.rerun else results['rows'].get(row)
+      if is_complete(done, row) or (done and args.zero_shot_only):
         continue
+      if args.zero_shot_only and not ROWS[row][0]:
+        continue  # no retriever of its own to measure
       log(f'row {row}')
       results['rows'][row] = dict(
-          run_row(driver, row), commit=_commit(),
+          run_row(driver, row, args.zero_shot_only, done), commit=_commit(),
           date=datetime.date.today().isoformat())
       results.update(
           command='.venv/bin/python bench/paper_table.py --data=DATA '

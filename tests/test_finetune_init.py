@@ -183,14 +183,22 @@ def test_retrieval_runs_one_step_ahead_except_at_checkpoints():
 
   def embed(examples, params):
     calls.append((examples[0]['step'], params))
-    return dict(step=examples[0]['step']), params
+    step = examples[0]['step']
+    search = lambda: (f'ids of {step} by {params}', None)
+    return dict(step=step), params, search if step % 2 else None
 
-  featurize = lambda examples, query, vectors: dict(
-      step=examples[0]['step'], query_step=query['step'], tower=vectors)
+  featurize = lambda examples, query, vectors, dense_ids: dict(
+      step=examples[0]['step'], query_step=query['step'], tower=vectors,
+      dense_ids=dense_ids)
   ahead = finetune.OneStepAhead(Questions(), embed, featurize, num_steps=6,
                                 checkpoint_every=3)
   outputs = [ahead(step, f'entering {step}') for step in range(6)]
   towers = [batch['tower'] for batch, _ in outputs]
+  # A search queued with the embedding hands featurize its ids; without
+  # one (a host index, BM25 alone) featurize searches itself.
+  assert [batch['dense_ids'] for batch, _ in outputs] == [
+      None, 'ids of 1 by entering 0', None, 'ids of 3 by entering 3', None,
+      'ids of 5 by entering 4']
   # The wait for the queued vectors is reported, for the clock to count
   # as device time.
   assert all(metrics[trainer_lib.DEVICE_WAIT] >= 0 for _, metrics in outputs)

@@ -48,6 +48,25 @@ def test_exact_matches_numpy(chunk_size, k):
   np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
 
 
+def test_exact_searches_device_queries_dispatched_ahead():
+  """dispatch_search takes the queries where they are (a device array, as
+  fine-tuning's query tower leaves them) and waits only when asked."""
+  embeddings, queries = _vectors(1003, 16, 4), _vectors(37, 16, 5)
+  index = mips.build_index(embeddings, _config(
+      'exact', exact_chunk_size=64, exact_query_batch_size=16))
+  on_device = jax.device_put(queries, jax.devices()[3])
+  wait = index.dispatch_search(on_device, 9)
+  ids, scores = wait()
+  np.testing.assert_array_equal(ids, _numpy_top_k(embeddings, queries, 9)[0])
+  assert ids.dtype == np.int64 and scores.shape == (37, 9)
+  np.testing.assert_array_equal(ids, index.search(queries, 9)[0])
+  with pytest.raises(ValueError, match='^queries:'):
+    index.dispatch_search(on_device[:, :8], 9)
+  # ScaNN searches on the host: nothing to dispatch.
+  scann_index = mips.build_index(_vectors(600, 16, 6), _config('scann'))
+  assert scann_index.dispatch_search(on_device, 9) is None
+
+
 def test_exact_same_ids_on_one_and_eight_devices():
   embeddings, queries = _vectors(5001, 32, 2), _vectors(100, 32, 3)
   config = _config('exact', exact_chunk_size=256)

@@ -42,10 +42,29 @@ def test_quick_table_runs_every_row_and_resumes(shared_data, tmp_path):
   run = lambda *extra: subprocess.run(
       command + list(extra), cwd=REPO_ROOT, capture_output=True, text=True,
       check=False, env=env)
+  # --zero-shot-only: every row with a retriever of its own, no fine-tuning.
+  partial = run('--zero-shot-only')
+  assert partial.returncode == 0, (partial.stdout[-3000:] +
+                                   partial.stderr[-3000:])
+  zero_shot = json.loads((workdir / 'paper_table.json').read_text())['rows']
+  assert set(zero_shot) == {name for name, (retriever, _) in
+                            paper_table.ROWS.items() if retriever}
+  assert not any('em' in r['splits']['heldout'] for r in zero_shot.values())
+  assert not list(workdir.glob('ft_*'))
+  assert '| not run |' in (workdir / 'paper_table.md').read_text()
+
+  # The full run adds the fine-tuning, reusing the measured zero-shot parts.
   first = run()
   assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
   results = json.loads((workdir / 'paper_table.json').read_text())
   assert set(results['rows']) == set(paper_table.ROWS)
+  for name, row in zero_shot.items():
+    assert results['rows'][name]['zero_shot_seconds'] == row[
+        'zero_shot_seconds']
+    assert results['rows'][name]['splits']['heldout'][
+        'zero_shot_recall@5'] == row['splits']['heldout']['zero_shot_recall@5']
+  ran = [l.split()[-1] for l in first.stdout.splitlines() if ' stage ' in l]
+  assert ran and all(s.startswith('ft_') for s in ran), ran
 
   read = lambda name: [json.loads(l) for l in (
       workdir / 'data' / f'{name}.jsonl').read_text().splitlines()]

@@ -129,24 +129,40 @@ class QuestionBatches:
     return [self.examples[self._order(e)[i]] for e, i in zip(epochs, within)]
 
 
-def embed_questions(examples, params, embed_queries, corpus, config,
-                    batch_sharding) -> tuple[dict, jax.Array]:
-  """Question inputs and their embeddings, queued on the device (async)."""
+def embed_questions(examples, params, embed_queries, index, corpus, config,
+                    batch_sharding):
+  """Question inputs, their embeddings and the dense search of them, all
+  queued on the device (async). The search is None when the index searches
+  on the host (ScaNN) or the candidates are BM25's alone."""
   query = openqa_input.question_inputs(
       corpus.tokenizer, [e['question'] for e in examples],
       config.lengths.query_len)
-  return query, embed_queries(params,
-                              sharding.global_batch(query, batch_sharding))
+  vectors = embed_queries(params, sharding.global_batch(query, batch_sharding))
+  search = None
+  if config.retrieval != 'bm25':
+    first = jax.process_index() * len(examples)  # replicated: local copy
+    search = index.dispatch_search(
+        vectors.addressable_data(0)[first:first + len(examples)],
+        config.retriever_beam_size)
+  return query, vectors, search
 
 
-def openqa_batch(examples, query, vectors, index, corpus, config,
+def openqa_batch(examples, query, vectors, dense_ids, index, corpus, config,
                  bm25=None) -> dict[str, np.ndarray]:
-  """Retrieves for this host's questions and featurizes them (host side)."""
-  vectors = np.asarray(vectors)
-  first = jax.process_index() * len(examples)
+  """Retrieves for this host's questions and featurizes them (host side).
+
+  dense_ids: the dense search's [Q, retriever_beam_size] ids if it was
+  dispatched with the embedding (embed_questions), else None.
+  """
+  def dense_search(k):
+    if dense_ids is not None:
+      return dense_ids
+    first = jax.process_index() * len(examples)
+    return index.search(np.asarray(vectors)[first:first + len(examples)],
+                        k)[0]
+
   ids = lexical.candidates(
-      config.retrieval, [e['question'] for e in examples],
-      lambda k: index.search(vectors[first:first + len(examples)], k)[0],
+      config.retrieval, [e['question'] for e in examples], dense_search,
       bm25, config.retriever_beam_size)
   ids = np.maximum(ids, 0)  # an approximate index may leave a slot empty
   texts = [[r['text'] for r in corpus.records(row)] for row in ids]
@@ -169,19 +185,24 @@ class OneStepAhead:
   """Retrieval for step s + 1 overlapped with the device's step s.
 
   The query tower that retrieves step s's candidates is the one entering
-  step s - 1: its embedding is queued before step s - 1 runs, so the host
-  searches and featurizes while the device trains. At a checkpointed step
+  step s - 1: its embedding and the device's search of it are queued before
+  step s - 1 runs, so the host featurizes while the device trains (a search
+  queued only after step s - 1 would wait for it). At a checkpointed step
   (where a restarted run begins) it is the tower entering step s itself,
   so a resumed run retrieves exactly what an uninterrupted one did. The
   gradient always flows through the current tower (objectives/openqa.py
   re-embeds the questions in the step).
+
+  embed(examples, params) -> (query inputs, device vectors, search): search
+  is None or a function that waits for the queued search's (ids, scores);
+  featurize(examples, query inputs, vectors, dense ids or None) -> batch.
   """
 
   def __init__(self, questions, embed, featurize, num_steps: int,
                checkpoint_every: int):
     self.questions, self.embed, self.featurize = questions, embed, featurize
     self.num_steps, self.checkpoint_every = num_steps, checkpoint_every
-    self.queued = {}  # step -> (examples, query inputs, device vectors)
+    self.queued = {}  # step -> (examples, query inputs, vectors, search)
 
   def _queue(self, step, params):
     examples = self.questions.batch(step)
@@ -193,10 +214,13 @@ class OneStepAhead:
       queued = self._queue(step, params)
     if step + 1 < self.num_steps:  # before step s is dispatched
       self.queued[step + 1] = self._queue(step + 1, params)
-    started = time.perf_counter()  # the vectors queue behind the last step
-    jax.block_until_ready(queued[-1])
+    examples, query, vectors, search = queued
+    started = time.perf_counter()  # device work, queued behind the last step
+    jax.block_until_ready(vectors)
+    dense_ids = search()[0] if search is not None else None
     waited = time.perf_counter() - started
-    return self.featurize(*queued), {trainer_lib.DEVICE_WAIT: waited}
+    return (self.featurize(examples, query, vectors, dense_ids),
+            {trainer_lib.DEVICE_WAIT: waited})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -253,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     host_batch = OneStepAhead(
         questions,
         functools.partial(embed_questions, embed_queries=embed_queries,
-                          corpus=corpus, config=config,
+                          index=index, corpus=corpus, config=config,
                           batch_sharding=trainer.batch_sharding),
         functools.partial(openqa_batch, index=index, corpus=corpus,
                           config=config, bm25=lexical.Bm25(corpus)

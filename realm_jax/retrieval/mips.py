@@ -16,6 +16,7 @@ index files, and both kinds keep the indexed vectors (embeddings.npy) so
 `vectors(ids)` can return them; `load_index` reads it back.
 """
 import abc
+from collections.abc import Callable
 import functools
 import json
 import math
@@ -122,8 +123,19 @@ class MipsIndex(abc.ABC):
       np.save(f, np.asarray(self._embeddings, np.float32))
     return EMBEDDINGS_FILE
 
-  def _check_queries(self, queries, k: int) -> np.ndarray:
-    queries = np.asarray(queries, np.float32)
+  def dispatch_search(self, queries: jax.Array, k: int
+                      ) -> Callable[[], tuple[np.ndarray, np.ndarray]] | None:
+    """Queues the search of device-resident queries behind the devices'
+    work, without waiting; returns a function that waits for search's
+    (ids, scores). None when this index searches on the host (the caller
+    then copies the queries and calls search)."""
+    del queries, k
+    return None
+
+  def _check_queries(self, queries, k: int, on_device: bool = False):
+    """float32 numpy queries, or (on_device) a jax.Array left where it is."""
+    if not (on_device and isinstance(queries, jax.Array)):
+      queries = np.asarray(queries, np.float32)
     if queries.ndim != 2 or queries.shape[1] != self.dim:
       raise ValueError(f'queries: shape {queries.shape}, expected '
                        f'[num_queries, {self.dim}]')
@@ -225,24 +237,33 @@ class ExactIndex(MipsIndex):
     return np.pad(block, ((0, padding), (0, 0)))
 
   def search(self, queries, k):
-    queries = self._check_queries(queries, k)
+    return self.dispatch_search(queries, k)()
+
+  def dispatch_search(self, queries, k):
+    queries = self._check_queries(queries, k, on_device=True)
+    pad = np.pad if isinstance(queries, np.ndarray) else jnp.pad
     # Batches of a power-of-two size (at most query_batch_size): few shapes,
     # so few compilations, and small requests are not padded to a big batch.
     batch = min(self.query_batch_size,
                 1 << max(0, math.ceil(math.log2(max(1, len(queries))))))
-    all_ids, all_scores = [], []
+    pending = []
     for start in range(0, len(queries), batch):
       chunk = queries[start:start + batch]
-      padded = np.pad(chunk, ((0, batch - len(chunk)), (0, 0)))
-      scores, ids = _exact_search(
-          self._table, jax.device_put(padded, self._queries_sharding), k=k,
+      padded = pad(chunk, ((0, batch - len(chunk)), (0, 0)))
+      pending.append((len(chunk), _exact_search(
+          self._table, jax.device_put(padded.astype(np.float32),
+                                      self._queries_sharding), k=k,
           chunk_size=self._chunk, num_vectors=self.num_vectors,
-          mesh=self._mesh)
-      all_scores.append(np.asarray(scores)[:len(chunk)])
-      all_ids.append(np.asarray(ids)[:len(chunk)].astype(np.int64))
-    if not all_ids:
-      return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-    return np.concatenate(all_ids), np.concatenate(all_scores)
+          mesh=self._mesh)))
+
+    def result():
+      if not pending:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+      return (np.concatenate([np.asarray(ids)[:n].astype(np.int64)
+                              for n, (_, ids) in pending]),
+              np.concatenate([np.asarray(scores)[:n]
+                              for n, (scores, _) in pending]))
+    return result
 
   def save(self, directory):
     directory = epath.Path(directory)
