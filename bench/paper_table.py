@@ -78,11 +78,17 @@ FULL = dict(
     model=['--config.model.pooling=mean', '--config.model.projection_size=0',
            '--config.model.score=cosine'],
     mlm=['--config.seq_len=128', '--config.batch_size=16',
-         '--config.num_train_steps=1000', '--config.head_warmup_steps=100',
+         '--config.num_train_steps=300', '--config.head_warmup_steps=100',
          '--config.optimizer.learning_rate=1e-4'],
-    ict=['--config.num_train_steps=1000', '--config.optimizer.learning_rate=3e-5'],
-    realm=['--config.num_train_steps=1000', '--config.batch_size=16',
+    ict=['--config.num_train_steps=200', '--config.optimizer.learning_rate=3e-5'],
+    realm=['--config.num_train_steps=150', '--config.batch_size=8',
+           '--config.num_candidates=4', '--config.lengths.joint_len=256',
            '--config.optimizer.learning_rate=3e-5'],
+    # Lockstep refresh (every 50 steps: 3 index versions after the start's):
+    # on 2 cores a builder re-embedding without pause would take a core from
+    # the trainer, and a run repeats exactly whatever the builder's speed.
+    realm_refresh=['--config.checkpoint.every_steps=50',
+                   '--config.index.refresh_every_steps=50'],
     finetune=['--config.num_train_steps=746', '--config.batch_size=8',
               '--config.retriever_beam_size=50', '--config.reader_beam_size=3',
               '--config.lengths.reader_len=256',
@@ -96,6 +102,8 @@ QUICK = dict(
     ict=['--config.num_train_steps=4'],
     realm=['--config.num_train_steps=4', '--config.batch_size=4',
            '--config.eval_batches=1'],
+    realm_refresh=['--config.checkpoint.every_steps=2',
+                   '--config.index.refresh_every_steps=2'],
     finetune=['--config.num_train_steps=4', '--config.batch_size=4',
               '--config.retriever_beam_size=10', '--config.reader_beam_size=2',
               '--config.lengths.reader_len=128'],
@@ -264,7 +272,10 @@ class Driver:
            f'--config.corpus_dir={corpus}', f'--config.init_from={ict}',
            f'--config.init.reader_from={mlm}',
            f'--config.masking.kind={REALM_MASKS[name]}', *self.model_flags,
-           *self.settings['realm']], cwd=REPO,
+           *self.settings['realm'],
+           # A frozen index never refreshes: no step may wait for one.
+           *(self.settings['realm_refresh']
+             if name != 'realm_frozen_index' else [])], cwd=REPO,
           stdout=open(path / 'job.log', 'a'),  # pylint: disable=consider-using-with
           stderr=subprocess.STDOUT)
       try:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, config_module
+from realm_jax import cli
 from realm_jax import config_lib
 from realm_jax import corpus
 from realm_jax.jobs import prepare_corpus as prepare
@@ -128,6 +129,10 @@ def test_cli(tmp_path):
   assert all(s['num_blocks'] == 64 for s in reader.manifest['shards'][:-1])
   assert len(reader.manifest['shards']) == -(-len(reader) // 64)
   assert 'blocks/s' in result.stderr  # the progress bar
+  # The job re-executed itself under tcmalloc when the machine has it.
+  expected = 'tcmalloc' if cli.tcmalloc_command(
+      ['x'], {}) else "the C library's malloc"
+  assert f'Host allocator: {expected}' in result.stderr
 
 
 def test_cli_rejects_unknown_field(tmp_path):

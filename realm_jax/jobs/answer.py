@@ -51,6 +51,7 @@ def main(argv):
 
 
 def run():
+  cli.use_tcmalloc()
   # Defined here, not at import, as cli.run_job does.
   flags.DEFINE_string('workdir', None, 'A realm-finetune workdir.')
   flags.DEFINE_string(
