@@ -9,7 +9,9 @@ page by page again: on 2 cores the kernel's share of the step's CPU time
 (sys) is most of it. An allocator that keeps freed memory for reuse
 (jemalloc, tcmalloc; LD_PRELOAD, so per process) or glibc with
 transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1: 2 MB faults
-instead of 4 kB ones) avoids that. Each setting runs in its own process,
+instead of 4 kB ones), or glibc told never to map (one arena: worker
+threads' arenas map large blocks regardless) avoids that. Memory kept for
+reuse raises the peak: the table gives it too. Each setting runs in its own process,
 interleaved over --runs rounds, on the same jitted forward+backward (the
 ICT-like step: every block through the encoder, mean pooled); the table
 gives the median step time, the page faults and the kernel's share of CPU
@@ -27,6 +29,10 @@ import time
 SETTINGS = {
     'glibc (default)': {},
     'glibc + THP (hugetlb=1)': {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'},
+    # One arena that never maps, trims or unmaps: freed blocks are reused.
+    'glibc, 1 arena, no mmap, no trim': {
+        'MALLOC_ARENA_MAX': '1', 'MALLOC_MMAP_MAX_': '0',
+        'MALLOC_TRIM_THRESHOLD_': str(2**62)},
 }
 # name -> (library, its settings). jemalloc returns freed pages to the
 # kernel after dirty_decay_ms (10 s by default); -1 keeps them.
@@ -87,7 +93,8 @@ def worker(batch: int, length: int, steps: int) -> dict:
   return dict(seconds=statistics.median(times),
               faults=(after.ru_minflt - usage.ru_minflt) / steps,
               user=(after.ru_utime - usage.ru_utime) / steps,
-              sys=(after.ru_stime - usage.ru_stime) / steps)
+              sys=(after.ru_stime - usage.ru_stime) / steps,
+              peak_gb=after.ru_maxrss / 2**20)
 
 
 def main():
@@ -126,14 +133,14 @@ def main():
         f'{args.batch} x {args.length} pieces; medians over {args.runs} '
         f'processes x {args.steps} steps\n')
   print('| allocator | s/step | vs glibc | minor faults/step | sys share of '
-        'CPU time |')
-  print('|---|---|---|---|---|')
+        'CPU time | peak memory (GB) |')
+  print('|---|---|---|---|---|---|')
   for name, runs in results.items():
     median = lambda key: statistics.median(r[key] for r in runs)
     cpu = median('user') + median('sys')
     print(f'| {name} | {median("seconds"):.2f} | '
           f'{base / median("seconds"):.2f}x | {median("faults"):,.0f} | '
-          f'{median("sys") / cpu:.0%} |')
+          f'{median("sys") / cpu:.0%} | {median("peak_gb"):.1f} |')
 
 
 if __name__ == '__main__':
