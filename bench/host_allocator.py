@@ -18,6 +18,7 @@ gives the median step time, the page faults and the kernel's share of CPU
 time, and the ratio to glibc's default measured in the same run.
 """
 import argparse
+import ctypes.util
 import json
 import os
 import resource
@@ -37,22 +38,12 @@ SETTINGS = {
 # name -> (library, its settings). jemalloc returns freed pages to the
 # kernel after dirty_decay_ms (10 s by default); -1 keeps them.
 PRELOADS = {
-    'jemalloc': ('libjemalloc.so.2', {}),
-    'jemalloc, no decay': ('libjemalloc.so.2', {
+    'jemalloc': ('jemalloc', {}),
+    'jemalloc, no decay': ('jemalloc', {
         'MALLOC_CONF': 'dirty_decay_ms:-1,muzzy_decay_ms:-1'}),
     'tcmalloc (the jobs\' default when present)': (
-        'libtcmalloc_minimal.so.4', {}),
+        'tcmalloc_minimal', {}),
 }
-
-
-def find_library(name: str) -> str:
-  """The path of a shared library the dynamic linker knows, or ''."""
-  out = subprocess.run(['/sbin/ldconfig', '-p'], capture_output=True,
-                       text=True, check=False).stdout
-  for line in out.splitlines():
-    if line.strip().startswith(name + ' '):
-      return line.split('=>')[-1].strip()
-  return ''
 
 
 def worker(batch: int, length: int, steps: int) -> dict:
@@ -110,11 +101,11 @@ def main():
     return
   settings = dict(SETTINGS)
   for name, (library, extra) in PRELOADS.items():
-    path = find_library(library)
+    path = ctypes.util.find_library(library)
     if path:
       settings[name] = {'LD_PRELOAD': path, **extra}
     else:
-      print(f'{name}: {library} not found (Debian: apt-get install '
+      print(f'{name}: lib{library} not found (Debian: apt-get install '
             f'{"libjemalloc2" if "jemalloc" in name else "libtcmalloc-minimal4"})')
   results = {name: [] for name in settings}
   # Each setting's own allocator only, whatever this process was started with.

@@ -409,6 +409,14 @@ def is_complete(result: dict | None, row: str) -> bool:
   return not finetunes or 'em' in result['splits'].get('heldout', {})
 
 
+def trained_stage(retriever: str | None) -> str | None:
+  """The stage that trains a row's zero-shot retriever (None: BM25, MiniLM
+  as shipped, or no retriever)."""
+  if retriever in (None, 'bm25') or retriever.startswith('minilm'):
+    return None
+  return retriever.split(':')[-1]
+
+
 def run_row(driver: Driver, row: str, zero_shot_only: bool = False,
             done: dict | None = None) -> dict:
   """Runs what the row needs and `done` (its earlier results) lacks;
@@ -421,9 +429,8 @@ def run_row(driver: Driver, row: str, zero_shot_only: bool = False,
                           for split, cells in done['splits'].items()},
                   zero_shot_seconds=done['zero_shot_seconds'])
   else:
-    if retriever and retriever not in ('bm25',) and not retriever.startswith(
-        'minilm'):
-      driver.run_dir(retriever.split(':')[-1])  # its stage, timed apart
+    if trained_stage(retriever):
+      driver.run_dir(trained_stage(retriever))  # its stage, timed apart
     start = time.time()
     if retriever:
       for split, hits in driver.zero_shot(retriever).items():
@@ -443,8 +450,8 @@ def run_row(driver: Driver, row: str, zero_shot_only: bool = False,
             for r in records)
   # Wall time of what this row ran itself, and of the stages it builds on.
   names = {'corpus'}
-  if retriever not in (None, 'bm25') and not retriever.startswith('minilm'):
-    names.add(retriever.split(':')[-1])
+  if trained_stage(retriever):
+    names.add(trained_stage(retriever))
   if finetune and not zero_shot_only:
     names |= {f'ft_{row}', *(n for n in finetune[:2] if n and n != 'minilm')}
   if any(n.startswith('realm') for n in names):
