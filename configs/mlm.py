@@ -55,6 +55,12 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   # the bed (README): at 0.5 the tiny reader never starts copying in 600
   # steps (beside the linked block 0.103, a distractor 0.104, null 0.105).
   config.pair_distractor_rate = 0.0
+  # linked only, > 0: the linked block's body cut to this many pieces around
+  # the span (a distractor's to as many), at most seq_len - 1: a short
+  # window holds few other names of the span's kind, so copying is learned
+  # from fewer examples and shorter rows (the bed's short blocks, README);
+  # eval/copy_block_accuracy measures it beside whole linked blocks.
+  config.pair_evidence_window = 0
   config.annotator = 'builtin'
   config.head_warmup_steps = 0  # set when the BERT checkpoint has no head
   config.eval_blocks = 256 if tiny else 10_000

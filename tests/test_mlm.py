@@ -209,6 +209,12 @@ def test_pair_training_logs_copy_accuracy_beside_block_and_null(
   for key in ('eval/copy_null_accuracy', 'eval/copy_distractor_accuracy'):
     assert 0.0 <= rows[-1][key] <= 1.0
   config.pair_distractor_rate = 0.0
+  config.pair_evidence_window = 8
+  config.pair_evidence = 'own'  # windows cut linked blocks only
+  with pytest.raises(config_lib.ConfigError,
+                     match='config.pair_evidence_window'):
+    mlm.train_and_evaluate(config, str(tmp_path / 'bad'))
+  config.pair_evidence_window = 0
   config.pair_evidence = 'other'
   with pytest.raises(config_lib.ConfigError, match='config.pair_evidence'):
     mlm.train_and_evaluate(config, str(tmp_path / 'bad'))
@@ -309,6 +315,57 @@ def test_distractor_pairs_hold_nothing_to_copy(corpus, linked_spans):
     plain.copy_eval_batches(8, 'bogus')
   with pytest.raises(ValueError, match='distractor_rate'):
     _inputs(corpus, distractor_rate=0.5)  # without linked pairs
+
+
+def test_evidence_windows_cut_linked_blocks_around_the_span(corpus,
+                                                             linked_spans):
+  window = 12
+  inputs = _inputs(corpus, seq_len=64, pair_query_len=24, linked=linked_spans,
+                   eval_blocks=64, evidence_window=window)
+  tok = corpus.tokenizer
+  readable, offsets = 0, set()
+  for step in range(3):
+    batch = inputs.batch(step)
+    for row in range(16):
+      ids, targets = batch['token_ids'][row], batch['mlm_targets'][row]
+      query_len = int(np.flatnonzero(ids == tok.sep_id)[0]) + 1
+      weights = batch['mlm_weights'][row] > 0
+      in_query = batch['mlm_positions'][row][weights] < query_len
+      span = targets[weights][in_query]
+      body = ids[query_len:][batch['input_mask'][row][query_len:] > 0][:-1]
+      assert 1 <= len(body) <= window
+      # Unmasked pieces of the window are a contiguous cut of a block.
+      unmasked = batch['token_ids'][row].copy()
+      unmasked[batch['mlm_positions'][row][weights]] = targets[weights]
+      cut = unmasked[query_len:query_len + len(body)]
+      assert _contains_somewhere(corpus, cut)
+      if _contains(body, span):
+        readable += 1
+        offsets.add(next(i for i in range(len(body))
+                         if np.array_equal(body[i:i + len(span)], span)))
+  assert readable >= 0.9 * 3 * 16
+  assert len(offsets) >= 3  # the span sits at varying places in its window
+  # Held out: windows as trained, and whole linked blocks, the same targets.
+  windows = inputs.copy_eval_batches(8, 'own')
+  whole = inputs.copy_eval_batches(8, 'block')
+  assert len(windows) == len(whole)
+  longer = 0
+  for a, b in zip(windows, whole):
+    np.testing.assert_array_equal(a['mlm_targets'], b['mlm_targets'])
+    assert a['token_ids'].shape[1] == 24 + 64
+    assert b['token_ids'].shape[1] == 24 + corpus.block_len
+    assert (a['input_mask'].sum(1) <= 24 + window + 1).all()
+    longer += int((b['input_mask'].sum(1) > 24 + window + 1).sum())
+  assert longer > 0
+  with pytest.raises(ValueError, match='evidence_window'):
+    _inputs(corpus, seq_len=64, pair_query_len=24, evidence_window=12)
+  with pytest.raises(ValueError, match='evidence_window'):
+    _inputs(corpus, seq_len=64, pair_query_len=24, linked=linked_spans,
+            eval_blocks=64, evidence_window=64)
+
+
+def _contains_somewhere(corpus, cut):
+  return any(_contains(corpus.body_tokens(i), cut) for i in range(len(corpus)))
 
 
 def _model():

@@ -71,7 +71,7 @@ class MlmInput:
                whole_word: bool, eval_blocks: int, seed: int,
                pair_query_len: int = 0, pair_mask_rate: float = 0.3,
                linked: 'LinkedSpans | None' = None,
-               distractor_rate: float = 0.0,
+               distractor_rate: float = 0.0, evidence_window: int = 0,
                process_index: int = 0, process_count: int = 1):
     if global_batch_size % process_count:
       raise ValueError(f'global batch {global_batch_size} does not split '
@@ -105,6 +105,11 @@ class MlmInput:
       raise ValueError(f'distractor_rate={distractor_rate}: in [0, 1), and '
                        'only with linked pairs')
     self._distractor_rate = distractor_rate
+    if evidence_window and (linked is None or evidence_window < 1
+                            or evidence_window > self._seq_len - 1):
+      raise ValueError(f'evidence_window={evidence_window}: only with linked '
+                       f'pairs, and at most seq_len - 1 = {self._seq_len - 1}')
+    self._window = evidence_window
     if linked is not None:
       if not pair_query_len:
         raise ValueError('linked pairs need pair_query_len > 0')
@@ -163,10 +168,14 @@ class MlmInput:
     same sentences and masks for both, every call. With linked pairs, 'own'
     is the linked block and 'distractor' a block that does not hold the
     span: a reader that copies only what its evidence holds scores there as
-    beside the null document."""
+    beside the null document. With an evidence window, 'own' and
+    'distractor' are windows as in training and 'block' the whole linked
+    block (at pair_query_len + the corpus block length), as REALM's reader
+    reads its candidates."""
     if not self._pair_query_len:
       raise ValueError('copy_eval_batches needs pair_query_len > 0')
-    kinds = ('own', 'null') + (('distractor',) if self._linked else ())
+    kinds = ('own', 'null') + (('distractor',) if self._linked else ()) + (
+        ('block',) if self._window else ())
     if evidence not in kinds:
       raise ValueError(f'evidence={evidence!r}: one of {", ".join(kinds)}')
     if self._linked is not None:  # the held-out spans
@@ -255,9 +264,12 @@ class MlmInput:
     """`[CLS] sentence [SEP] body [SEP]` of salient span `span`: the span
     all predicted ([MASK]ed when not `masks`, else 80/10/10), the body's
     other pieces at mask_rate (when `masks`). The body is a linked block's
-    (`evidence='linked'`), the null document's ('null'), a block that does
-    not hold the span ('distractor'), or for training ('train') a
-    distractor's with probability distractor_rate, else a linked one's."""
+    (`evidence='linked'`; 'block': a whole one even with a window), the
+    null document's ('null'), a block that does not hold the span
+    ('distractor'), or for training ('train') a distractor's with
+    probability distractor_rate, else a linked one's. With an evidence
+    window, a linked body is cut to that many pieces around the span (at a
+    random place) and a distractor's to as many at a random place."""
     tokenizer = self._corpus.tokenizer
     linked = self._linked
     block = int(linked.block[span])
@@ -267,6 +279,10 @@ class MlmInput:
     stop = min(stop, len(sentence))
     below = self._num_train if masks else None
     holders = linked.holders(span, below=below)
+    window, length = self._window, self.seq_len
+    if evidence == 'block':
+      evidence, window = 'linked', 0
+      length = self._pair_query_len + self._corpus.block_len
     if evidence == 'train':
       evidence = 'distractor' if (self._distractor_rate and rng.random()
                                   < self._distractor_rate) else 'linked'
@@ -287,16 +303,17 @@ class MlmInput:
       tries = rng.integers(below or len(self._corpus), size=_DISTRACTOR_TRIES)
       tries = [t for t in tries if t != block] or [blocks_lib.NULL_BLOCK]
     for body_block in tries:
+      body = (np.zeros(0, np.int32) if body_block == blocks_lib.NULL_BLOCK
+              else self._corpus.body_tokens(int(body_block)))
+      if window and len(body) > window:
+        body = body[self._window_start(body, target, window, rng):][:window]
       reader = blocks_lib.reader_inputs(
-          self._corpus, query, query_mask.astype(np.int32),
-          np.array([[body_block]]), self.seq_len)
+          self._corpus, query, query_mask.astype(np.int32), np.array([[0]]),
+          length, blocks=_title_free_block(body, tokenizer))
       ids = reader['reader_ids'][0, 0]
       body_start = int(reader['body_start'][0, 0])
-      body = ids[body_start:body_start + int(reader['body_len'][0, 0])]
-      held = np.zeros(len(body), bool)  # where the body holds the span
-      for i in range(len(body) - len(target) + 1):
-        if np.array_equal(body[i:i + len(target)], target):
-          held[i:i + len(target)] = True
+      held = _holds(ids[body_start:body_start + int(reader['body_len'][0, 0])],
+                    target)
       if held.any() == (evidence == 'linked'):
         break
     if masks and len(chosen) < self._max_predictions:
@@ -307,6 +324,18 @@ class MlmInput:
                         reader['reader_mask'][0, 0],
                         chosen[:self._max_predictions], rng,
                         all_masked=not masks)
+
+  @staticmethod
+  def _window_start(body, target, window: int, rng) -> int:
+    """Where a `window`-piece cut of `body` starts: at random among the
+    cuts that hold target's first occurrence, or anywhere if it has none."""
+    last = len(body) - window
+    held = np.flatnonzero(_holds(body, target))
+    if not len(held):
+      return int(rng.integers(last + 1))
+    first = int(held[0])
+    lo = max(0, first + len(target) - window)
+    return int(rng.integers(lo, max(lo, min(first, last)) + 1))
 
   def _example(self, block, rng) -> dict[str, np.ndarray]:
     length = self._seq_len
@@ -367,6 +396,25 @@ class MlmInput:
     if not chosen:  # every word longer than the budget: part of one
       chosen = words[rng.integers(len(words))][:count]
     return np.sort(np.array(chosen, np.int64))
+
+
+def _holds(body: np.ndarray, target: np.ndarray) -> np.ndarray:
+  """bool [len(body)]: the pieces of body that are part of an occurrence of
+  target."""
+  held = np.zeros(len(body), bool)
+  for i in range(len(body) - len(target) + 1):
+    if np.array_equal(body[i:i + len(target)], target):
+      held[i:i + len(target)] = True
+  return held
+
+
+def _title_free_block(body: np.ndarray, tokenizer) -> dict[str, np.ndarray]:
+  """blocks_lib.gather's view of one block, `[CLS] [SEP] body`: what
+  reader_inputs reads to put `body` (a cut of a block's) after a query."""
+  return dict(token_ids=np.array([[[tokenizer.cls_id, tokenizer.sep_id,
+                                    *body]]], np.int32),
+              title_len=np.zeros((1, 1), np.int32),
+              body_len=np.array([[len(body)]], np.int32))
 
 
 def _padded(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

@@ -59,6 +59,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       config.pair_evidence == 'linked' or not config.pair_distractor_rate),
                    'pair_distractor_rate', 'must be in [0, 1), and 0 unless '
                    "pair_evidence='linked'")
+  config_lib.check(config.pair_evidence_window == 0 or (
+      config.pair_evidence == 'linked'
+      and 1 <= config.pair_evidence_window <= config.seq_len - 1),
+                   'pair_evidence_window', 'must be 0 (whole blocks), or in '
+                   "[1, seq_len - 1] with pair_evidence='linked'")
 
 
 def frozen(path: tuple) -> bool:
@@ -67,18 +72,21 @@ def frozen(path: tuple) -> bool:
 
 
 def make_evaluate(trainer: trainer_lib.Trainer, inputs: mlm_input.MlmInput,
-                  batch_size: int, pairs: bool, linked: bool):
+                  batch_size: int, pairs: bool, linked: bool,
+                  window: bool = False):
   """evaluate(params) -> held-out loss, MLM accuracy, and the accuracy of
   always predicting the held-out targets' most frequent piece; with
   `pairs`, copy_accuracy / copy_null_accuracy: of the sentence pieces alone,
   beside their block / the null document; with `linked` pairs also
-  copy_distractor_accuracy, beside a block that does not hold them."""
+  copy_distractor_accuracy, beside a block that does not hold them; with an
+  evidence `window`, copy_block_accuracy beside the whole linked block."""
   batches = inputs.eval_batches(batch_size)
   targets = Counter(t for b in batches for t, w in zip(
       b['mlm_targets'].ravel(), b['mlm_weights'].ravel()) if w)
   unigram = targets.most_common(1)[0][1] / sum(targets.values())
   kinds = (('copy', 'own'), ('copy_null', 'null')) + (
-      (('copy_distractor', 'distractor'),) if linked else ())
+      (('copy_distractor', 'distractor'),) if linked else ()) + (
+          (('copy_block', 'block'),) if window else ())
   copy_batches = {name: inputs.copy_eval_batches(batch_size, evidence)
                   for name, evidence in kinds} if pairs else {}
   rows = batch_size // jax.process_count()
@@ -121,6 +129,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       config, workdir, 'mlm',
       lambda: models.ReaderModel(config.model, rngs=nnx.Rngs(config.seed)),
       frozen=frozen)
+  config_lib.check(
+      not config.pair_evidence_window or config.pair_query_len
+      + corpus.block_len <= config.model.max_position_embeddings,
+      'pair_evidence_window', 'the whole-block copy evaluation needs '
+      f'pair_query_len + the corpus block length {corpus.block_len} <= '
+      'model.max_position_embeddings')
   linked = None
   if config.pair_evidence == 'linked':
     examples = trainer_lib.salient_examples(
@@ -134,6 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       seed=config.seed, pair_query_len=config.pair_query_len,
       pair_mask_rate=config.pair_mask_rate, linked=linked,
       distractor_rate=config.pair_distractor_rate,
+      evidence_window=config.pair_evidence_window,
       process_index=jax.process_index(),
       process_count=jax.process_count())
   rows = config.batch_size // jax.process_count()
@@ -148,7 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       mlm_objective.loss, host_batch,
       evaluate=make_evaluate(trainer, inputs, config.eval_batch_size,
                              pairs=config.pair_query_len > 0,
-                             linked=linked is not None),
+                             linked=linked is not None,
+                             window=config.pair_evidence_window > 0),
       eval_every_steps=config.eval_every_steps)
   trainer.close()
   return last
