@@ -125,16 +125,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   workdir = epath.Path(workdir)
   corpus = trainer_lib.open_corpus(config, config.corpus_dir or
                                    workdir / 'corpus')
-  trainer = trainer_lib.Trainer(
-      config, workdir, 'mlm',
-      lambda: models.ReaderModel(config.model, rngs=nnx.Rngs(config.seed)),
-      frozen=frozen)
   config_lib.check(
       not config.pair_evidence_window or config.pair_query_len
       + corpus.block_len <= config.model.max_position_embeddings,
       'pair_evidence_window', 'the whole-block copy evaluation needs '
       f'pair_query_len + the corpus block length {corpus.block_len} <= '
       'model.max_position_embeddings')
+  trainer = trainer_lib.Trainer(
+      config, workdir, 'mlm',
+      lambda: models.ReaderModel(config.model, rngs=nnx.Rngs(config.seed)),
+      frozen=frozen)
   linked = None
   if config.pair_evidence == 'linked':
     examples = trainer_lib.salient_examples(
