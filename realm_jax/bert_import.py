@@ -48,8 +48,6 @@ CONFIG_FILE = 'config.json'
 WEIGHTS_FILE = 'model.safetensors'
 VOCAB_FILE = 'vocab.txt'
 
-# config.json `hidden_act` values that mean exact (erf) GELU, as our Mlp.
-_EXACT_GELU = ('gelu',)
 _MODEL_TYPES = ('bert',)
 # Tensors a BERT checkpoint may carry that the encoder does not use.
 _IGNORED_SUFFIXES = ('embeddings.position_ids',)
@@ -67,6 +65,7 @@ ARCHITECTURE_FIELDS = {
     'max_position_embeddings': 'embeddings.position_embeddings.weight',
     'type_vocab_size': 'embeddings.token_type_embeddings.weight',
     'layer_norm_eps': None,
+    'hidden_act': None,
 }
 
 
@@ -89,8 +88,8 @@ def bert_model_config(hf_config: str | os.PathLike[str] | Mapping[str, Any],
   parsed dict). `overrides` set other model fields (e.g. dtype,
   projection_size); an unknown field raises ValueError. A checkpoint that is
   not a BERT encoder our BertEncoder can reproduce exactly (another
-  model_type or architecture, a hidden_act other than exact GELU, relative
-  position embeddings) raises ValueError naming the offending value.
+  model_type or architecture, a hidden_act other than GELU (exact or tanh),
+  relative position embeddings) raises ValueError naming the offending value.
   """
   hf = _read_hf_config(hf_config)
   model_type = hf.get('model_type', 'bert')
@@ -102,9 +101,9 @@ def bert_model_config(hf_config: str | os.PathLike[str] | Mapping[str, Any],
       raise ValueError(f'unsupported architecture {architecture!r}; only '
                        'BERT (Bert*) checkpoints can be imported')
   hidden_act = hf.get('hidden_act', 'gelu')
-  if hidden_act not in _EXACT_GELU:
+  if hidden_act not in config_lib.HIDDEN_ACTS:
     raise ValueError(f'unsupported hidden_act {hidden_act!r}; BertEncoder '
-                     'uses exact (erf) GELU, hidden_act "gelu"')
+                     f'computes one of {config_lib.HIDDEN_ACTS}')
   position_type = hf.get('position_embedding_type', 'absolute')
   if position_type != 'absolute':
     raise ValueError(f'unsupported position_embedding_type '
@@ -119,6 +118,7 @@ def bert_model_config(hf_config: str | os.PathLike[str] | Mapping[str, Any],
         max_position_embeddings=int(hf['max_position_embeddings']),
         type_vocab_size=int(hf.get('type_vocab_size', 2)),
         layer_norm_eps=float(hf.get('layer_norm_eps', 1e-12)),
+        hidden_act=hidden_act,
         dropout_rate=float(hf.get('hidden_dropout_prob', 0.1)),
         attention_dropout_rate=float(
             hf.get('attention_probs_dropout_prob', 0.1)),
@@ -156,8 +156,8 @@ def checkpoint_model_config(model_config: ml_collections.ConfigDict,
   """A copy of `model_config` with the checkpoint's architecture.
 
   The ARCHITECTURE_FIELDS (vocabulary, layer and head counts, widths,
-  position table, LayerNorm epsilon) come from the checkpoint's config.json;
-  every other field (dropout, dtype, pooling, projection, span head) stays
+  position table, LayerNorm epsilon, GELU) come from the checkpoint's
+  config.json; every other field (dropout, dtype, pooling, projection, span head) stays
   `model_config`'s. Each changed field is logged.
   """
   checkpoint_dir = _checkpoint_dir(checkpoint_dir)

@@ -22,6 +22,7 @@ AXIS_RULES = (
 # Retriever tower pooling and relevance score (models.RetrieverTower).
 POOLINGS = ('cls', 'mean')
 SCORES = ('dot', 'cosine')
+HIDDEN_ACTS = ('gelu', 'gelu_new')
 
 _SIZES = {
     #        layers hidden heads  mlp
@@ -47,6 +48,10 @@ def model_config(size: str, vocab_size: int) -> ml_collections.ConfigDict:
       dropout_rate=0.1,
       attention_dropout_rate=0.1,
       layer_norm_eps=1e-12,
+      # The encoder's and MLM head's GELU: 'gelu' (exact, erf; Hugging Face
+      # BERTs) | 'gelu_new' (the tanh approximation of the original BERT and
+      # of the released REALM checkpoints).
+      hidden_act='gelu',
       dtype='float32',  # activations; 'bfloat16' on TPU
       # Retriever tower: pool -> Dense(projection_size) -> LayerNorm(1e-3).
       # pooling: 'cls' (BERT's pooler, REALM) | 'mean' (masked mean of the
@@ -129,6 +134,8 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
         f'{model.pooling!r} is not one of {POOLINGS}')
   check(model.score in SCORES, 'model.score',
         f'{model.score!r} is not one of {SCORES}')
+  check(model.get('hidden_act', 'gelu') in HIDDEN_ACTS, 'model.hidden_act',
+        f'{model.get("hidden_act")!r} is not one of {HIDDEN_ACTS}')
   check(model.score_temperature > 0, 'model.score_temperature', 'must be > 0')
   check(model.projection_size is None or model.projection_size >= 0,
         'model.projection_size', 'must be >= 0 (0 or None: no projection)')

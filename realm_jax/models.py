@@ -155,17 +155,25 @@ class SelfAttention(nnx.Module):
     return self.out(jnp.einsum('bnqk,bknd->bqnd', probs, value))
 
 
+def _tanh_gelu(config: ml_collections.ConfigDict) -> bool:
+  """GELU's tanh approximation ('gelu_new') rather than exact erf GELU."""
+  # Runs recorded before the field existed used exact GELU.
+  return config.get('hidden_act', 'gelu') == 'gelu_new'
+
+
 class Mlp(nnx.Module):
-  """Dense -> exact (erf) GELU -> Dense, as BERT."""
+  """Dense -> GELU (config.hidden_act) -> Dense, as BERT."""
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.tanh_gelu = _tanh_gelu(config)
     self.intermediate = _linear(config.hidden_size, config.intermediate_size,
                                 ('embed', 'mlp'), ('mlp',), config, rngs=rngs)
     self.output = _linear(config.intermediate_size, config.hidden_size,
                           ('mlp', 'embed'), ('embed',), config, rngs=rngs)
 
   def __call__(self, x) -> jax.Array:
-    return self.output(jax.nn.gelu(self.intermediate(x), approximate=False))
+    return self.output(jax.nn.gelu(self.intermediate(x),
+                                   approximate=self.tanh_gelu))
 
 
 class TransformerLayer(nnx.Module):
@@ -310,6 +318,7 @@ class MlmHead(nnx.Module):
   """
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.tanh_gelu = _tanh_gelu(config)
     self.transform = _linear(config.hidden_size, config.hidden_size,
                              ('embed', None), (None,), config, rngs=rngs)
     self.norm = _layer_norm(config.hidden_size, config.layer_norm_eps, 'embed',
@@ -320,7 +329,8 @@ class MlmHead(nnx.Module):
 
   def __call__(self, hidden, token_embedding) -> jax.Array:
     """hidden [..., H], token_embedding [V, H] -> float32 logits [..., V]."""
-    hidden = self.norm(jax.nn.gelu(self.transform(hidden), approximate=False))
+    hidden = self.norm(jax.nn.gelu(self.transform(hidden),
+                                   approximate=self.tanh_gelu))
     logits = jnp.einsum('...h,vh->...v', hidden,
                         token_embedding.astype(hidden.dtype),
                         preferred_element_type=jnp.float32)

@@ -251,7 +251,7 @@ def test_prefixed_checkpoint_without_pooler(checkpoint_dir, tmp_path):
 
 
 @pytest.mark.parametrize('field,value', [
-    ('hidden_act', 'gelu_new'),
+    ('hidden_act', 'relu'),
     ('architectures', ['RobertaModel']),
     ('model_type', 'roberta'),
     ('position_embedding_type', 'relative_key'),
