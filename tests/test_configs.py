@@ -85,6 +85,7 @@ def test_unknown_variant_is_an_error():
     (dict(model=dict(max_position_embeddings=256)),
      'config.model.max_position_embeddings'),
     (dict(model=dict(pooling='max')), 'config.model.pooling'),
+    (dict(model=dict(hidden_act='relu')), 'config.model.hidden_act'),
     (dict(model=dict(projection_size=-1)), 'config.model.projection_size'),
     (dict(optimizer=dict(warmup_steps=-2)), 'config.optimizer.warmup_steps'),
     (dict(optimizer=dict(warmup_steps=301)), 'config.optimizer.warmup_steps'),
@@ -129,3 +130,22 @@ def test_optimizer_is_berts_at_scale_and_warms_up_10_percent_when_tiny(job):
   config.update_from_flattened_dict({'num_train_steps': 40})
   assert config.optimizer.warmup_steps == 4
 
+
+
+def test_runs_recorded_before_newer_model_fields_still_initialise(tmp_path):
+  """A run's config.json without the model fields added since (pooling,
+  score, hidden_act, ...) reads with their old behaviour, so a job can
+  still start from it; a recorded value that differs is named."""
+  import json  # pylint: disable=g-import-not-at-top
+  from realm_jax.retrieval import workspace  # pylint: disable=g-import-not-at-top
+  model = config_lib.model_config('tiny', vocab_size=100)
+  old = model.to_dict()
+  for field in ('pooling', 'score', 'score_temperature', 'learn_temperature',
+                'hidden_act'):
+    del old[field]
+  (tmp_path / 'config.json').write_text(json.dumps({'model': old}))
+  assert workspace.read_config(tmp_path).model.hidden_act == 'gelu'
+  workspace.check_init_run(model, str(tmp_path))
+  model.hidden_act = 'gelu_new'
+  with pytest.raises(config_lib.ConfigError, match='model.hidden_act'):
+    workspace.check_init_run(model, str(tmp_path))

@@ -31,7 +31,7 @@ READER_FIELDS = (*bert_import.ARCHITECTURE_FIELDS, 'span_hidden_size',
                  'max_span_width')
 # Defaults of fields added after runs were recorded without them.
 _FIELD_DEFAULTS = dict(pooling='cls', score='dot', score_temperature=0.05,
-                       learn_temperature=False)
+                       learn_temperature=False, hidden_act='gelu')
 
 
 def read_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
