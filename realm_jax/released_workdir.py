@@ -1,0 +1,380 @@
+"""A released open-QA checkpoint as a realm_jax workdir (`realm-import`).
+
+google/realm-orqa-{nq,wq}-openqa (Hugging Face layout: config.json,
+pytorch_model.bin with the question embedder, the reader and block_emb,
+vocab.txt, block_records.npy) becomes what realm-finetune leaves behind,
+so realm-answer and realm-evaluate read it as they read a fine-tuned run:
+
+    WORKDIR/
+      checkpoints/0/   the imported params (models.REALM, separate towers)
+      corpus/          block i = record i (block_records.write_corpus)
+      index/step-00000000/
+                       block_emb as an ordinary published version (LATEST)
+      config.json      what a fine-tuning run records; written last
+      TRAINING_DONE    no newer checkpoint will come (the index builder
+                       has nothing to do)
+
+RealmForOpenQA holds no document tower (block_emb was computed by the
+cc_news pretrained embedder): it comes from `embedder_dir` (a RealmEmbedder
+checkpoint) when given, else is a copy of the question tower. Answering
+never runs it (the index is block_emb either way); fine-tuning from this
+workdir or embedding another corpus with it does.
+
+Every part is written atomically and records the inputs it came from
+(`source`: their paths, sizes and modification times, and the settings
+block_len and index_kind): a killed import leaves no config.json, and a
+rerun keeps the finished parts, resumes block_emb's copy at its last
+finished chunk and redoes the rest. Parts from other inputs are an error
+unless `overwrite`, which deletes them.
+
+Memory: block_emb stays memory-mapped (torch.load(mmap=True)) and is
+copied a chunk at a time; the records are read whole (as np.load would),
+and building and publishing the index holds it as any index build does.
+"""
+import json
+import pathlib
+import shutil
+from typing import Any
+
+from absl import logging
+from etils import epath
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+
+from realm_jax import bert_import
+from realm_jax import block_records as block_records_lib
+from realm_jax import checkpointing
+from realm_jax import config_lib
+from realm_jax import corpus as corpus_lib
+from realm_jax import models
+from realm_jax import realm_import
+from realm_jax import tokenization
+from realm_jax.retrieval import index_store
+from realm_jax.retrieval import mips
+from realm_jax.retrieval import workspace
+
+VOCAB_FILE = 'vocab.txt'
+TOKENIZER_CONFIG_FILE = 'tokenizer_config.json'
+# The step of the imported checkpoint and of the index built from it.
+IMPORT_STEP = 0
+# block_emb rows copied between two progress records (64 MB of float32).
+CHUNK_ROWS = 1 << 17
+# block_emb's copy under index/building/step-00000000/, and its progress.
+_ROWS_FILE = 'block_emb.npy'
+_PROGRESS_FILE = 'block_emb.progress.json'
+# What `overwrite` deletes: the parts this import writes, nothing else.
+_PARTS = ('config.json', workspace.TRAINING_DONE, 'checkpoints', 'corpus',
+          'corpus.tmp', 'corpus.old', 'index')
+
+
+def _file(directory: pathlib.Path, name: str, what: str) -> pathlib.Path:
+  path = directory / name
+  if not path.is_file():
+    raise FileNotFoundError(f'{path} not found: {what}')
+  return path
+
+
+def _stamp(path: pathlib.Path) -> dict[str, Any]:
+  stat = path.stat()
+  return dict(path=str(path.resolve()), bytes=stat.st_size,
+              mtime_ns=stat.st_mtime_ns)
+
+
+def _weights_file(directory: pathlib.Path) -> pathlib.Path:
+  """The file realm_import reads: model.safetensors, else the .bin."""
+  for name in (bert_import.WEIGHTS_FILE, realm_import.TORCH_WEIGHTS_FILE):
+    if (directory / name).is_file():
+      return directory / name
+  raise FileNotFoundError(f'{directory}: no {bert_import.WEIGHTS_FILE} or '
+                          f'{realm_import.TORCH_WEIGHTS_FILE}')
+
+
+def check_inputs(checkpoint_dir: pathlib.Path,
+                 embedder_dir: pathlib.Path | None) -> dict[str, Any]:
+  """Fails naming a missing input file; returns the stamp of every input
+  the workdir's parts are made from."""
+  if not checkpoint_dir.is_dir():
+    raise FileNotFoundError(f'{checkpoint_dir}: no such checkpoint directory')
+  hf_config = _file(checkpoint_dir, bert_import.CONFIG_FILE,
+                    'not a Hugging Face checkpoint')
+  source = dict(
+      config=_stamp(hf_config),
+      weights=_stamp(_weights_file(checkpoint_dir)),
+      vocab=_stamp(_file(checkpoint_dir, VOCAB_FILE,
+                         'the WordPiece vocabulary of the checkpoint')),
+      block_records=_stamp(_file(
+          checkpoint_dir, block_records_lib.FILE_NAME,
+          'the texts of the blocks block_emb embeds (the full open-QA repos '
+          'hold it)')),
+      embedder=None)
+  if embedder_dir is not None:
+    source['embedder'] = dict(
+        config=_stamp(_file(embedder_dir, bert_import.CONFIG_FILE,
+                            'not a Hugging Face checkpoint')),
+        weights=_stamp(_weights_file(embedder_dir)))
+  return source
+
+
+def _check_tokenizer(checkpoint_dir: pathlib.Path, tokenizer,
+                     model_config) -> None:
+  """Our WordPiece tokenizer lowercases (as the released checkpoints'), and
+  its ids must be rows of the model's embeddings."""
+  config_path = checkpoint_dir / TOKENIZER_CONFIG_FILE
+  if config_path.is_file():
+    lowercase = json.loads(config_path.read_text()).get('do_lower_case', True)
+    if not lowercase:
+      raise ValueError(f'{config_path}: do_lower_case is false; realm_jax\'s '
+                       'WordPiece tokenizer of a corpus lowercases')
+  if tokenizer.vocab_size > model_config.vocab_size:
+    raise ValueError(f'{checkpoint_dir / VOCAB_FILE}: {tokenizer.vocab_size} '
+                     f'word pieces, the model embeds {model_config.vocab_size}')
+
+
+def open_qa_params(checkpoint: realm_import.RealmCheckpoint,
+                   embedder_dir: pathlib.Path | None) -> dict[str, Any]:
+  """models.REALM params (separate towers, float32 numpy) of an imported
+  RealmForOpenQA: its question tower and reader; the document tower from
+  `embedder_dir`'s RealmEmbedder, else the question tower's copy."""
+  model_config = models.with_separate_towers(checkpoint.model_config)
+  params = nnx.to_pure_dict(nnx.state(models.REALM(model_config,
+                                                   rngs=nnx.Rngs(0))))
+  if embedder_dir is not None:
+    embedder = realm_import.import_realm_checkpoint(embedder_dir)
+    if embedder.architecture != 'RealmEmbedder':
+      raise ValueError(f'{embedder_dir / bert_import.CONFIG_FILE}: a '
+                       f'{embedder.architecture}; --embedder takes a '
+                       'RealmEmbedder (e.g. google/realm-cc-news-pretrained-'
+                       'embedder, which computed block_emb)')
+    # It fills every tower; the open-QA checkpoint then the question tower.
+    params = realm_import.init_from_realm(params, model_config, embedder)
+  params = realm_import.init_from_realm(params, model_config, checkpoint)
+  retriever = params['retriever']
+  if embedder_dir is None:
+    logging.info('The document tower is a copy of the question tower: a '
+                 'RealmForOpenQA checkpoint has none (pass --embedder=DIR, '
+                 'the RealmEmbedder that computed block_emb, for it). '
+                 'Answering does not use it: the index is block_emb.')
+    retriever = dict(retriever, doc_tower=retriever['query_tower'])
+  else:
+    logging.info('The document tower is %s\'s RealmEmbedder', embedder_dir)
+  return dict(params, retriever=retriever)
+
+
+def _committed_checkpoint_source(directory: epath.Path) -> dict | None | bool:
+  """The `source` the imported checkpoint records; False if none exists."""
+  if not directory.exists():
+    return False
+  manager = checkpointing.make_manager(directory, read_only=True)
+  step = manager.latest_step()
+  if step is None:
+    return False
+  return manager.restore(step, args=ocp.args.Composite(
+      data=ocp.args.JsonRestore())).data.get('imported_from')
+
+
+def save_checkpoint(workdir: epath.Path, params: dict[str, Any],
+                    source: dict[str, Any]) -> None:
+  """The params as checkpoint IMPORT_STEP, as a trainer saves its state
+  (orbax commits a step only once it is complete); the data item records
+  the source."""
+  config = checkpointing.checkpoint_config(every_steps=1)
+  config.async_save = False
+  manager = checkpointing.make_manager(workdir / 'checkpoints', config)
+  state = dict(step=jnp.int32(IMPORT_STEP),
+               params=jax.tree.map(jnp.asarray, params))
+  checkpointing.save(manager, IMPORT_STEP, state,
+                     dict(next_step=IMPORT_STEP, imported_from=source),
+                     force=True)
+  manager.wait_until_finished()
+  manager.close()
+
+
+def _resumed_rows(building: epath.Path, shape, source) -> int:
+  """Rows of block_emb a killed import copied already (0: start over)."""
+  try:
+    progress = json.loads((building / _PROGRESS_FILE).read_text())
+    rows = np.load(building / _ROWS_FILE, mmap_mode='r')
+  except (FileNotFoundError, ValueError):
+    return 0
+  if progress.get('source') != source or rows.shape != tuple(shape):
+    return 0
+  return int(progress['rows'])
+
+
+def copy_block_emb(building: epath.Path, block_emb: np.ndarray,
+                   source: dict[str, Any],
+                   chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
+  """block_emb copied into building/block_emb.npy chunk by chunk (one
+  chunk in memory; block_emb itself stays memory-mapped), each chunk's end
+  recorded once it is on disk, so a rerun continues after the last one.
+  Returns the copy, memory-mapped."""
+  building.mkdir(parents=True, exist_ok=True)
+  done = _resumed_rows(building, block_emb.shape, source)
+  rows = np.lib.format.open_memmap(
+      building / _ROWS_FILE, mode='r+' if done else 'w+', dtype=np.float32,
+      shape=block_emb.shape)
+  if done:
+    logging.info('Resuming block_emb\'s copy at row %d', done)
+  with tqdm.tqdm(total=len(block_emb), initial=done, unit=' rows',
+                 desc='block_emb', mininterval=1) as bar:
+    for start in range(done, len(block_emb), chunk_rows):
+      stop = min(start + chunk_rows, len(block_emb))
+      rows[start:stop] = block_emb[start:stop]
+      rows.flush()
+      index_store.atomic_write_text(building / _PROGRESS_FILE, json.dumps(
+          dict(rows=stop, source=source)))
+      bar.update(stop - start)
+  del rows
+  return np.load(building / _ROWS_FILE, mmap_mode='r')
+
+
+def publish_block_emb(workdir: epath.Path, block_emb: np.ndarray,
+                      corpus_manifest: dict[str, Any], source: dict[str, Any],
+                      index_config: ml_collections.ConfigDict,
+                      chunk_rows: int = CHUNK_ROWS) -> None:
+  """block_emb as index version IMPORT_STEP, published as the index builder
+  publishes (verified, committed, then LATEST)."""
+  store = index_store.IndexStore(workdir / 'index')
+  building = store.building_dir(IMPORT_STEP)
+  vectors = copy_block_emb(building, block_emb, source, chunk_rows)
+  # The search structure needs every vector at once (as any index build).
+  index = mips.build_index(vectors, index_config,
+                           devices=jax.local_devices())
+  store.publish(IMPORT_STEP, index, np.asarray(vectors[:16]), dict(
+      imported_from=source,
+      corpus_fingerprint=corpus_manifest['source'].get('fingerprint'),
+      tokenizer_sha256=corpus_manifest['tokenizer']['sha256']))
+
+
+def workdir_config(checkpoint: realm_import.RealmCheckpoint,
+                   corpus_dir: epath.Path, source: dict[str, Any]
+                   ) -> ml_collections.ConfigDict:
+  """config.json: the fields of a fine-tuning run's that prediction,
+  evaluation and a run started from this one read, at the checkpoint's
+  settings (RealmConfig's defaults where config.json omits them)."""
+  hf = checkpoint.hf_config
+  return ml_collections.ConfigDict(dict(
+      model=models.with_separate_towers(checkpoint.model_config).to_dict(),
+      corpus_dir=str(corpus_dir),
+      closed_book=False,
+      retrieval='dense',
+      regex_answers=False,
+      retriever_beam_size=int(hf.get('searcher_beam_size', 5000)),
+      reader_beam_size=int(hf.get('reader_beam_size', 5)),
+      lengths=dict(query_len=64,  # ORQA's question length
+                   reader_len=int(hf.get('reader_seq_len', 320))),
+      mesh=config_lib.mesh_config().to_dict(),
+      axis_rules=config_lib.AXIS_RULES,
+      imported_from=source))
+
+
+def _check_part(path, recorded, source, name: str) -> bool:
+  """True if the part exists from these inputs; an error if from others."""
+  if recorded is False:
+    return False
+  if recorded != source:
+    raise FileExistsError(f'{path} holds the {name} of another import (or '
+                          'another run); pass --overwrite to replace the '
+                          'imported parts of the workdir')
+  logging.info('Keeping %s (imported from these files before)', path)
+  return True
+
+
+def import_open_qa(checkpoint_dir: str, workdir: str, *,
+                   embedder_dir: str | None = None,
+                   index_kind: str = 'auto', block_len: int = 288,
+                   shard_size: int = 100_000, overwrite: bool = False,
+                   chunk_rows: int = CHUNK_ROWS) -> ml_collections.ConfigDict:
+  """Makes `workdir` from a RealmForOpenQA checkpoint directory (see the
+  module docstring); returns its config. `index_kind`: mips.index_config's
+  kind ('exact' searches as transformers' RealmForOpenQA does)."""
+  checkpoint_dir = pathlib.Path(checkpoint_dir)
+  embedder_dir = pathlib.Path(embedder_dir) if embedder_dir else None
+  workdir = epath.Path(workdir)
+  if corpus_lib.is_remote(workdir):
+    raise ValueError(f'{workdir}: import into a local workdir, then copy it')
+  source = check_inputs(checkpoint_dir, embedder_dir)
+  # The settings that shape the parts too; JSON types, as the parts record.
+  source = json.loads(json.dumps(dict(
+      source, settings=dict(block_len=block_len, index_kind=index_kind))))
+  records_path = checkpoint_dir / block_records_lib.FILE_NAME
+  checkpoint = realm_import.import_realm_checkpoint(checkpoint_dir)
+  if checkpoint.architecture != 'RealmForOpenQA':
+    raise ValueError(f'{checkpoint_dir / bert_import.CONFIG_FILE}: a '
+                     f'{checkpoint.architecture}; realm-import takes a '
+                     'RealmForOpenQA (e.g. google/realm-orqa-nq-openqa)')
+  if not 3 < block_len <= checkpoint.model_config.max_position_embeddings:
+    raise ValueError(f'block_len {block_len}: must be in [4, '
+                     f'{checkpoint.model_config.max_position_embeddings}]')
+  num_records = block_records_lib.num_block_records(records_path)
+  if not num_records:
+    raise ValueError(f'{records_path} holds no records')
+  if num_records != len(checkpoint.block_emb):
+    raise ValueError(
+        f'{records_path} holds {num_records} records, the tensor block_emb '
+        f'of {_weights_file(checkpoint_dir)} {len(checkpoint.block_emb)} '
+        'rows: each record is the text of one row')
+  tokenizer = tokenization.load_tokenizer(checkpoint_dir / VOCAB_FILE)
+  _check_tokenizer(checkpoint_dir, tokenizer, checkpoint.model_config)
+  index_config = mips.index_config()
+  index_config.kind = index_kind
+  mips.validate_config(index_config)
+
+  if overwrite:
+    for name in _PARTS:
+      path = pathlib.Path(workdir / name)
+      if path.is_dir():
+        shutil.rmtree(path)
+      elif path.exists():
+        path.unlink()
+  config_path = workdir / workspace.CONFIG_FILE
+  if config_path.exists():
+    _check_part(config_path, json.loads(config_path.read_text()).get(
+        'imported_from'), source, 'config')
+  workdir.mkdir(parents=True, exist_ok=True)
+
+  checkpoints = workdir / 'checkpoints'
+  if not _check_part(checkpoints, _committed_checkpoint_source(checkpoints),
+                     source, 'checkpoint'):
+    save_checkpoint(workdir, open_qa_params(checkpoint, embedder_dir), source)
+
+  corpus_dir = workdir / 'corpus'
+  corpus_manifest = (corpus_lib.Corpus(corpus_dir).manifest
+                     if corpus_lib.is_committed(corpus_dir) else None)
+  recorded = corpus_manifest is not None and corpus_manifest['source'].get(
+      'inputs')
+  if not _check_part(corpus_dir, recorded, source, 'corpus'):
+    records, fingerprint = block_records_lib.read_block_records(records_path)
+    corpus_manifest = block_records_lib.write_corpus(
+        corpus_dir, records, tokenizer, checkpoint_dir / VOCAB_FILE,
+        block_len=block_len, shard_size=shard_size,
+        source=dict(format='block_records', path=str(records_path.resolve()),
+                    fingerprint=fingerprint, inputs=source),
+        records_path=records_path)
+    del records
+
+  store = index_store.IndexStore(workdir / 'index')
+  version = index_store.version_name(IMPORT_STEP)
+  recorded = store.is_committed(version) and store.read_manifest(
+      version).get('imported_from')
+  # Committed but not yet LATEST (killed in between): publish flips it.
+  if not (_check_part(store.version_dir(version), recorded, source, 'index')
+          and store.latest_step() == IMPORT_STEP):
+    publish_block_emb(workdir, checkpoint.block_emb, corpus_manifest, source,
+                      index_config, chunk_rows)
+  store.delete_finished_builds(IMPORT_STEP)
+
+  config = workdir_config(checkpoint, corpus_dir, source)
+  # The commit of the whole import: realm-answer needs config.json.
+  index_store.atomic_write_text(config_path,
+                                config.to_json_best_effort(indent=2))
+  workspace.finish_job(workdir)
+  logging.info('Imported %s into %s: %d blocks; answer with realm-answer '
+               '--workdir=%s "a question"', checkpoint_dir, workdir,
+               num_records, workdir)
+  return config
