@@ -42,6 +42,12 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   # retriever in memory). The candidates are re-scored with the current
   # parameters either way.
   config.query_embedder = 'current'
+  # The null document's score: 'embedded' (REALM: the document tower's
+  # embedding of the empty block) | 'relative' (the mean score of the
+  # retrieved blocks + a learned offset, so that the retriever is trained
+  # to rank blocks, never to move a query away from all of them;
+  # objectives/realm.py).
+  config.null_document = 'embedded'
   # Ablation: the retriever gets no gradient (REALM without training it).
   config.freeze_retriever = False
   config.masking = ml_collections.ConfigDict(dict(

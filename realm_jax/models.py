@@ -400,11 +400,20 @@ class Reader(nnx.Module):
 
 
 class REALM(nnx.Module):
-  """The full model: the state the trainer checkpoints."""
+  """The full model: the state the trainer checkpoints.
 
-  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+  `null_offset`: the learned offset of the null document's score when
+  pre-training scores it relative to the retrieved blocks
+  (objectives/realm.py, null_document='relative'); not part of the
+  retriever, so fine-tuning and the index builder never see it.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs,
+               null_offset: bool = False):
     self.retriever = Retriever(config, rngs=rngs)
     self.reader = Reader(config, rngs=rngs)
+    if null_offset:
+      self.null_offset = nnx.Param(jnp.zeros((), jnp.float32))
 
 
 class RetrieverModel(nnx.Module):

@@ -112,6 +112,59 @@ def test_marginal_loss_matches_numpy(model_and_params):
                              (posterior * holds).sum(1).mean(), rtol=1e-4)
 
 
+def test_relative_null_document_scores_the_mean_block_plus_an_offset():
+  """null_document='relative': the null score is the mean of the valid
+  blocks' scores + null_offset (so a common shift of the blocks' scores
+  leaves p(z | x) unchanged), and the offset is learned."""
+  model = models.REALM(_model_config(), rngs=nnx.Rngs(0), null_offset=True)
+  model.null_offset.value = jnp.asarray(0.7, jnp.float32)
+  graphdef, state = nnx.split(model)
+  params = nnx.to_pure_dict(state)
+  batch = _batch()
+  batch['candidate_valid'][1, -1] = 0  # the mean is over valid blocks only
+  loss, metrics = realm_objective.loss(params, batch, None, graphdef,
+                                       null_document='relative')
+
+  f64 = lambda x: np.asarray(x, np.float64)
+  q = f64(model.retriever.embed_queries(
+      batch['query_ids'], np.zeros_like(batch['query_ids']),
+      batch['query_mask']))
+  docs = f64(model.retriever.embed_blocks(
+      batch['candidate_ids'].reshape(B * K, L),
+      batch['candidate_segments'].reshape(B * K, L),
+      batch['candidate_mask'].reshape(B * K, L))).reshape(B, K, -1)
+  scores = np.einsum('bd,bkd->bk', q, docs)
+  valid = batch['candidate_valid'].astype(bool)
+  for row in range(B):
+    scores[row, 0] = scores[row, 1:][valid[row, 1:]].mean() + 0.7
+  log_p_z = _log_softmax(np.where(valid, scores, -1e9))
+  sequence = model.reader(batch['reader_ids'].reshape(B * K, J),
+                          batch['reader_segments'].reshape(B * K, J),
+                          batch['reader_mask'].reshape(B * K, J))
+  logits = f64(model.reader.mlm_logits(
+      sequence, np.repeat(batch['mlm_positions'], K, axis=0))).reshape(
+          B, K, M, V)
+  log_p_y = np.take_along_axis(
+      _log_softmax(logits), batch['mlm_targets'][:, None, :, None],
+      axis=-1)[..., 0]
+  marginal = np.log(np.exp(log_p_z[:, :, None] + log_p_y).sum(1))
+  w = batch['mlm_weights']
+  np.testing.assert_allclose(loss, -(marginal * w).sum() / w.sum(),
+                             rtol=1e-5)
+  np.testing.assert_allclose(metrics['p_null'], np.exp(log_p_z[:, 0]).mean(),
+                             rtol=1e-5)
+  grads = jax.grad(lambda p: realm_objective.loss(
+      p, batch, None, graphdef, null_document='relative')[0])(params)
+  assert abs(float(grads['null_offset'])) > 1e-6
+
+
+def test_null_document_field_is_checked():
+  config = job_config('pretrain')
+  config.null_document = 'none'
+  with pytest.raises(config_lib.ConfigError, match=r'config\.null_document'):
+    pretrain.validate(config, num_devices=8)
+
+
 def test_gradients_reach_retriever_and_reader(model_and_params):
   _, graphdef, params = model_and_params
   batch = _batch(1)

@@ -124,12 +124,15 @@ def compile_train_step(config: ml_collections.ConfigDict,
   mesh = sharding.make_mesh(config.mesh, devices)
   tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
   graphdef, state, shardings = trainer.abstract_train_state(
-      lambda: models.REALM(config.model, rngs=nnx.Rngs(config.seed)), tx,
-      mesh, config.axis_rules)
+      lambda: models.REALM(config.model, rngs=nnx.Rngs(config.seed),
+                           null_offset=config.null_document == 'relative'),
+      tx, mesh, config.axis_rules)
   batch_sharding = sharding.batch_sharding(mesh, config.axis_rules)
   step = trainer.jit_train_step(
       functools.partial(trainer.train_step, graphdef=graphdef, tx=tx,
-                        loss_fn=realm_objective.loss),
+                        loss_fn=functools.partial(
+                            realm_objective.loss,
+                            null_document=config.null_document)),
       shardings, batch_sharding, mesh)
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32,
                              sharding=sharding.replicated(mesh))

@@ -76,6 +76,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       f'index.refresh_every_steps ({refresh}) with index.fresh_eval: an '
       'evaluation swaps in its own step\'s index, which would otherwise '
       'change what the next training steps search')
+  config_lib.check(config.null_document in realm_objective.NULL_DOCUMENTS,
+                   'null_document', f'{config.null_document!r} is not one of '
+                   f'{realm_objective.NULL_DOCUMENTS}')
   config_lib.check(config.query_embedder in QUERY_EMBEDDERS,
                    'query_embedder', f'{config.query_embedder!r} is not one '
                    f'of {QUERY_EMBEDDERS}')
@@ -121,7 +124,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   trainer = trainer_lib.Trainer(
       config, workdir, 'pretrain',
-      lambda: models.REALM(config.model, rngs=nnx.Rngs(config.seed)),
+      lambda: models.REALM(config.model, rngs=nnx.Rngs(config.seed),
+                           null_offset=config.null_document == 'relative'),
       frozen=(lambda path: path[0] == 'retriever') if config.freeze_retriever
       else None)
   if trainer.fresh_start:  # BERT (in Trainer), then the MLM reader, ICT's
@@ -259,7 +263,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         dict(totals, index_step=handle.checkpoint_step))
 
   last = trainer.train(
-      realm_objective.loss, host_batch,
+      functools.partial(realm_objective.loss,
+                        null_document=config.null_document), host_batch,
       evaluate=evaluate if config.eval_batches else None,
       eval_every_steps=config.eval_every_steps)
   handle.close()

@@ -15,6 +15,17 @@ The candidates' embeddings are computed here with the current parameters
 (the stale index only chose them), so the gradient reaches both retriever
 towers through p(z | x) and the reader through p(y | z, x).
 
+The null document's score (`null_document`): 'embedded' (REALM) is the
+inner product with the document tower's embedding of the empty block.
+'relative' is the mean score of the query's retrieved blocks plus one
+learned offset (model.null_offset): p(z | x) is then unchanged when every
+block's score moves together, so the retriever is trained only to rank the
+blocks against each other. With 'embedded', a query whose blocks all help
+less than the null document pushes its embedding away from every block it
+retrieved; on a small corpus, where most masked spans are in none of the
+retrieved blocks, that pressure dominates and collapses retrieval into the
+null document (README, REALM on SQuAD-open).
+
 Retrieval utility (paper App. D): log p(y | x) - log p(y | z_0, x), how much
 the retrieved documents help over the null document alone; likewise
 mlm_accuracy (of the mixture) against null_mlm_accuracy (the reader given
@@ -30,9 +41,10 @@ import jax.numpy as jnp
 
 # A finite "minus infinity" for excluded candidates: gradients stay finite.
 _EXCLUDED = -1e9
+NULL_DOCUMENTS = ('embedded', 'relative')
 
 
-def loss(params, batch, dropout_key, graphdef):
+def loss(params, batch, dropout_key, graphdef, null_document='embedded'):
   """REALM's marginal MLM loss and metrics; candidate 0 is the null doc.
 
   batch: query_ids/query_mask [B, Q]; candidate_{ids,segments,mask}
@@ -57,6 +69,10 @@ def loss(params, batch, dropout_key, graphdef):
       flat(batch['candidate_mask'], block_len), rngs=rngs).reshape(b, k, -1)
   scores = jnp.einsum('bd,bkd->bk', queries, docs,
                       preferred_element_type=jnp.float32)
+  if null_document == 'relative':
+    valid = batch['candidate_valid'][:, 1:].astype(jnp.float32)
+    mean = (scores[:, 1:] * valid).sum(-1) / jnp.maximum(valid.sum(-1), 1.0)
+    scores = scores.at[:, 0].set(mean + model.null_offset[...])
   # Slots the search could not fill (candidate_valid 0) are not candidates.
   scores = jnp.where(batch['candidate_valid'].astype(bool), scores, _EXCLUDED)
   log_p_z = jax.nn.log_softmax(scores, axis=-1)  # [B, K]
