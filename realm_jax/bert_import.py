@@ -482,8 +482,8 @@ def init_from_bert(params: Mapping[str, Any],
   """
   checkpoint_dir = _checkpoint_dir(checkpoint_dir)
   check_model_config(model_config, checkpoint_dir)
-  unknown = set(params) - {'retriever', 'reader'}
-  if unknown or not params:
+  # Other top-level parameters (e.g. pre-training's null_offset) keep theirs.
+  if not {'retriever', 'reader'} & set(params):
     raise ValueError(f'params must hold models.REALM components (retriever, '
                      f'reader); got {sorted(params)}')
   note = _noter(checkpoint_dir, notes)
