@@ -356,6 +356,11 @@ def test_init_from_bert_retriever_alone(checkpoint_dir):
   assert set(params['retriever']['doc_tower']) == {'encoder'}
   with pytest.raises(ValueError, match='components'):
     bert_import.init_from_bert({'encoder': {}}, config, checkpoint_dir)
+  # Pre-training's other parameters (null_offset) keep their values.
+  params = bert_import.init_from_bert(
+      {'retriever': fresh['retriever'], 'null_offset': np.float32(0.5)},
+      config, checkpoint_dir)
+  assert params['null_offset'] == np.float32(0.5)
 
 
 def test_bert_retriever_mean_pools_like_sentence_transformers(
