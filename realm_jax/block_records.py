@@ -10,12 +10,14 @@ array of bytes needs, and refuses anything else naming the file.
 
 `write_corpus` turns the records into a realm_jax corpus folder
 (corpus.py's format) without repacking: block i is record i as it is
-(empty title, body = the record, doc_id = str(i)), tokenized in one piece
-as transformers' RealmRetriever tokenizes it, so the word pieces the reader
-sees are the port's.
+(body = the record, doc_id = str(i); title = title i when titles are
+given, as ORQA's titles.tfr, else empty), tokenized in one piece as
+transformers' RealmRetriever tokenizes it, so the word pieces the reader
+sees are the port's. The records are streamed: only a batch is in memory.
 """
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 import datetime
+import itertools
 import hashlib
 import json
 import os
@@ -152,21 +154,23 @@ def read_block_records(path: str | os.PathLike[str]
   return records, f'sha256:{reader.digest.hexdigest()}'
 
 
-def _text(records: Sequence[bytes], i: int, path) -> str:
+def _text(record: bytes, i: int, path, what: str = 'record') -> str:
   try:
-    return records[i].decode('utf-8')
+    return record.decode('utf-8')
   except UnicodeDecodeError as e:
-    raise BlockRecordsError(f'{path}: record {i} is not UTF-8 ({e})') from None
+    raise BlockRecordsError(f'{path}: {what} {i} is not UTF-8 ({e})'
+                            ) from None
 
 
 def record_block(i: int, text: str, ids: Sequence[int],
-                 offsets: Sequence[tuple[int, int]],
-                 block_len: int) -> corpus_lib.Block:
-  """Record i as a block: empty title, body = the whole record, its word
-  pieces cut to fit `[CLS] [SEP] body [SEP]` in block_len (truncated then).
+                 offsets: Sequence[tuple[int, int]], block_len: int,
+                 title: str = '', title_ids: Sequence[int] = ()
+                 ) -> corpus_lib.Block:
+  """Record i as a block: body = the whole record, its word pieces cut to
+  fit `[CLS] title [SEP] body [SEP]` in block_len (truncated then).
   Sentence bounds (for the jobs that read sentences) are those of
   documents.split_sentences, in word pieces."""
-  budget = block_len - 3
+  budget = block_len - 3 - len(title_ids)
   body = list(ids[:budget])
   starts = np.array([start for start, _ in offsets[:len(body)]], np.int64)
   bounds = []
@@ -174,61 +178,81 @@ def record_block(i: int, text: str, ids: Sequence[int],
     first, last = np.searchsorted(starts, [start, end])
     if last > first:
       bounds.append((int(first), int(last)))
-  return corpus_lib.Block(doc_id=str(i), title='', text=text, title_ids=[],
-                          body_ids=body, sentence_bounds=bounds,
+  return corpus_lib.Block(doc_id=str(i), title=title, text=text,
+                          title_ids=list(title_ids), body_ids=body,
+                          sentence_bounds=bounds,
                           truncated=len(ids) > budget)
 
 
-def write_corpus(path: str | os.PathLike[str], records: Sequence[bytes],
-                 tokenizer: tokenization.Tokenizer,
+def write_corpus(path: str | os.PathLike[str], records: Iterable[bytes],
+                 num_records: int, tokenizer: tokenization.Tokenizer,
                  tokenizer_file: str | os.PathLike[str], *, block_len: int,
                  shard_size: int, source: Mapping[str, Any],
                  records_path: str | os.PathLike[str] = FILE_NAME,
+                 titles: Iterable[bytes] | None = None,
+                 titles_path: str | os.PathLike[str] | None = None,
+                 max_title_len: int = 0,
                  batch_size: int = 1024) -> dict[str, Any]:
-  """Writes the records as a corpus folder at `path`, atomically
+  """Writes the `num_records` records (and their titles, each cut to
+  max_title_len word pieces) as a corpus folder at `path`, atomically
   (corpus.atomic_folder: a killed write leaves no folder, and the next
   call starts again). `source` goes into the manifest (its `fingerprint`
-  into the index manifests the builder writes). Returns the manifest."""
+  into the index manifests the builder writes). Records or titles other
+  than num_records raise BlockRecordsError naming their file. Returns the
+  manifest."""
   start_time = time.time()
   tokenizer_file = pathlib.Path(tokenizer_file)
   with corpus_lib.atomic_folder(path, False, 'delete it') as temporary:
     writer = corpus_lib._ShardWriter(temporary, shard_size, block_len,
                                      tokenizer)
     num_sentences = num_truncated = body_len_sum = max_body_len = 0
-    with tqdm.tqdm(total=len(records), unit=' blocks', desc='corpus',
+    records = iter(records)
+    titles = None if titles is None else iter(titles)
+    with tqdm.tqdm(total=num_records, unit=' blocks', desc='corpus',
                    mininterval=1) as bar:
-      for first in range(0, len(records), batch_size):
-        texts = [_text(records, i, records_path)
-                 for i in range(first, min(first + batch_size, len(records)))]
-        for i, (text, (ids, offsets)) in enumerate(
-            zip(texts, tokenizer.encode_batch_with_offsets(texts)), first):
-          block = record_block(i, text, ids, offsets, block_len)
+      for first in range(0, num_records, batch_size):
+        count = min(batch_size, num_records - first)
+        texts = _batch(records, first, count, records_path, num_records)
+        names = (_batch(titles, first, count, titles_path, num_records,
+                        'title') if titles is not None else [''] * count)
+        title_ids = (tokenizer.encode_batch(names) if titles is not None
+                     else [[]] * count)
+        for i, (text, (ids, offsets), title, title_piece_ids) in enumerate(
+            zip(texts, tokenizer.encode_batch_with_offsets(texts), names,
+                title_ids), first):
+          block = record_block(i, text, ids, offsets, block_len, title,
+                               title_piece_ids[:max_title_len])
           writer.add(block)
           num_sentences += len(block.sentence_bounds)
           num_truncated += block.truncated
           body_len_sum += len(block.body_ids)
           max_body_len = max(max_body_len, len(block.body_ids))
         bar.update(len(texts))
+    for more, more_path, what in ((records, records_path, 'records'),
+                                  (titles, titles_path, 'titles')):
+      if more is not None and next(more, None) is not None:
+        raise BlockRecordsError(f'{more_path}: more than {num_records} '
+                                f'{what}')
     writer.close()
     tokenizer_copy = temporary / f'tokenizer{tokenizer_file.suffix}'
     tokenizer_copy.write_bytes(tokenizer_file.read_bytes())
     # corpus.write_corpus's manifest, for blocks that are not repacked.
     manifest = dict(
         format_version=corpus_lib.FORMAT_VERSION,
-        num_blocks=len(records),
-        num_documents=len(records),
+        num_blocks=num_records,
+        num_documents=num_records,
         shards=[dict(name=f'blocks-{i:05d}', num_blocks=n)
                 for i, n in enumerate(writer.shard_sizes)],
         block_len=block_len,
-        max_title_len=0,
+        max_title_len=max_title_len if titles is not None else 0,
         dtype=corpus_lib.token_dtype(tokenizer.vocab_size).name,
         tokenizer=dict(file=tokenizer_copy.name,
                        vocab_size=tokenizer.vocab_size,
                        sha256=corpus_lib._sha256(tokenizer_copy)),
         stats=dict(
             num_sentences=num_sentences,
-            truncated_block_fraction=num_truncated / len(records),
-            mean_body_len=body_len_sum / len(records),
+            truncated_block_fraction=num_truncated / num_records,
+            mean_body_len=body_len_sum / num_records,
             max_body_len=max_body_len,
             blocks_per_document=1.0),
         source=dict(source),
@@ -238,3 +262,13 @@ def write_corpus(path: str | os.PathLike[str], records: Sequence[bytes],
     (temporary / corpus_lib.MANIFEST).write_text(
         json.dumps(manifest, indent=2) + '\n')
   return manifest
+
+
+def _batch(items: Iterator[bytes], first: int, count: int, path,
+           num_records: int, what: str = 'record') -> list[str]:
+  """The next `count` items (items first.. of the file) as text."""
+  batch = list(itertools.islice(items, count))
+  if len(batch) < count:
+    raise BlockRecordsError(f'{path}: {first + len(batch)} {what}s, '
+                            f'expected {num_records}')
+  return [_text(item, i, path, what) for i, item in enumerate(batch, first)]

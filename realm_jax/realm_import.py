@@ -280,6 +280,17 @@ def import_realm_checkpoint(checkpoint_dir: str | os.PathLike[str], *,
   config = realm_model_config(hf)
   note = bert_import._noter(checkpoint_dir, notes)
   tensors, path = _load_weights(checkpoint_dir)
+  return checkpoint_from_tensors(architecture, config, tensors, path, hf,
+                                 note)
+
+
+def checkpoint_from_tensors(architecture: str,
+                            config: ml_collections.ConfigDict,
+                            tensors: Mapping[str, np.ndarray], path,
+                            hf: dict[str, Any], note) -> RealmCheckpoint:
+  """The RealmCheckpoint of an `architecture`'s tensors, named as
+  transformers names them (tf_realm_import translates TF names to these);
+  `path` names their source in errors, `note` takes what is logged."""
   block_emb = None
   if architecture == 'RealmEmbedder':
     parts = {'': _part(tensors, '', path)}

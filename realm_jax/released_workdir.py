@@ -1,24 +1,56 @@
-"""A released open-QA checkpoint as a realm_jax workdir (`realm-import`).
+"""A released open-QA model as a realm_jax workdir (`realm-import`).
 
-google/realm-orqa-{nq,wq}-openqa (Hugging Face layout: config.json,
-pytorch_model.bin with the question embedder, the reader and block_emb,
-vocab.txt, block_records.npy) becomes what realm-finetune leaves behind,
-so realm-answer and realm-evaluate read it as they read a fine-tuned run:
+Two layouts of the released models become what realm-finetune leaves
+behind, so realm-answer and realm-evaluate read them as a fine-tuned run:
+
+hf:DIR  google/realm-orqa-{nq,wq}-openqa (Hugging Face layout: config.json,
+        pytorch_model.bin with the question embedder, the reader and
+        block_emb, vocab.txt, block_records.npy): `import_open_qa`.
+
+tf:DIR  the reference's own artefacts (TF1 checkpoints, TFRecord files;
+        read without TensorFlow): `import_tf_open_qa`. DIR holds
+
+          model.ckpt-*.index, model.ckpt-*.data-*   the ORQA model (one)
+          encoded.ckpt.index, encoded.ckpt.data-*   block_emb
+          blocks.tfr                                the block texts
+          titles.tfr      (optional)                their titles
+          vocab.txt                                 the uncased WordPiece
+                                                    vocabulary
+          config.json     (optional)                RealmConfig fields for a
+                                                    model of other sizes
+
+        fetched with (orqa_wq_model_from_realm for WebQuestions):
+
+          gsutil cp 'gs://realm-data/orqa_nq_model_from_realm/export/best_default/checkpoint/model.ckpt-300000.*' DIR/
+          gsutil cp 'gs://realm-data/cc_news_pretrained/embedder/encoded/encoded.ckpt.*' DIR/
+          gsutil cp gs://realm-data/cc_news_pretrained/embedder/assets/vocab.txt DIR/
+          gsutil cp gs://orqa-data/enwiki-20181220/blocks.tfr gs://orqa-data/enwiki-20181220/titles.tfr DIR/
+
+        and, for the document tower (--embedder=EMBEDDER_DIR):
+
+          gsutil cp -r gs://realm-data/cc_news_pretrained/embedder/variables EMBEDDER_DIR/
+
+The workdir:
 
     WORKDIR/
       checkpoints/0/   the imported params (models.REALM, separate towers)
-      corpus/          block i = record i (block_records.write_corpus)
+      corpus/          block i = record i (block_records.write_corpus):
+                       its text as released, its title from titles.tfr
+                       (none in block_records.npy); the reader reads the
+                       body only, the document tower [CLS] title [SEP] body
+                       [SEP] as ORQA's encode_blocks did
       index/step-00000000/
                        block_emb as an ordinary published version (LATEST)
       config.json      what a fine-tuning run records; written last
       TRAINING_DONE    no newer checkpoint will come (the index builder
                        has nothing to do)
 
-RealmForOpenQA holds no document tower (block_emb was computed by the
-cc_news pretrained embedder): it comes from `embedder_dir` (a RealmEmbedder
-checkpoint) when given, else is a copy of the question tower. Answering
-never runs it (the index is block_emb either way); fine-tuning from this
-workdir or embedding another corpus with it does.
+The open-QA model holds no document tower (block_emb was computed by the
+cc_news pretrained embedder): it comes from `embedder` (a RealmEmbedder
+checkpoint directory for hf:, the embedder's TF checkpoint or TF-Hub module
+directory for tf:) when given, else is a copy of the question tower.
+Answering never runs it (the index is block_emb either way); fine-tuning
+from this workdir or embedding another corpus with it does.
 
 Every part is written atomically and records the inputs it came from
 (`source`: their paths, sizes and modification times, and the settings
@@ -27,10 +59,13 @@ rerun keeps the finished parts, resumes block_emb's copy at its last
 finished chunk and redoes the rest. Parts from other inputs are an error
 unless `overwrite`, which deletes them.
 
-Memory: block_emb stays memory-mapped (torch.load(mmap=True)) and is
-copied a chunk at a time; the records are read whole (as np.load would),
-and building and publishing the index holds it as any index build does.
+Memory: block_emb stays memory-mapped (torch.load(mmap=True), or the
+encoded.ckpt data file) and is copied a chunk at a time; block_records.npy
+is read whole (as np.load would), blocks.tfr streamed; building and
+publishing the index holds it as any index build does.
 """
+from collections.abc import Callable
+import hashlib
 import json
 import pathlib
 import shutil
@@ -53,12 +88,21 @@ from realm_jax import config_lib
 from realm_jax import corpus as corpus_lib
 from realm_jax import models
 from realm_jax import realm_import
+from realm_jax import tf_checkpoint
+from realm_jax import tf_realm_import
 from realm_jax import tokenization
 from realm_jax.retrieval import index_store
 from realm_jax.retrieval import mips
 from realm_jax.retrieval import workspace
 
 VOCAB_FILE = 'vocab.txt'
+# The tf: layout (see the module docstring).
+TF_MODEL_PATTERN = 'model.ckpt*.index'
+TF_BLOCK_EMB = 'encoded.ckpt'
+TF_BLOCKS_FILE = 'blocks.tfr'
+TF_TITLES_FILE = 'titles.tfr'
+# Word pieces of a title kept (config_lib's lengths.max_title_len).
+MAX_TITLE_LEN = 32
 TOKENIZER_CONFIG_FILE = 'tokenizer_config.json'
 # The step of the imported checkpoint and of the index built from it.
 IMPORT_STEP = 0
@@ -120,6 +164,58 @@ def check_inputs(checkpoint_dir: pathlib.Path,
   return source
 
 
+def _tf_checkpoint_stamp(prefix: pathlib.Path, what: str) -> dict[str, Any]:
+  """The stamps of a TF checkpoint's index and data files."""
+  index = _file(prefix.parent, f'{prefix.name}.index', what)
+  data = sorted(prefix.parent.glob(f'{prefix.name}.data-*-of-*'))
+  if not data:
+    raise FileNotFoundError(f'{prefix}.data-00000-of-00001 not found: the '
+                            f'data of {index}')
+  return dict(index=_stamp(index), data=[_stamp(path) for path in data])
+
+
+def tf_model_prefix(tf_dir: pathlib.Path) -> pathlib.Path:
+  """The ORQA checkpoint of a tf: directory: its one model.ckpt*.index."""
+  found = sorted(tf_dir.glob(TF_MODEL_PATTERN))
+  if len(found) != 1:
+    raise FileNotFoundError(
+        f'{tf_dir}: {len(found)} files {TF_MODEL_PATTERN} '
+        f'({", ".join(p.name for p in found) or "none"}); put the one ORQA '
+        'model checkpoint there (orqa_nq_model_from_realm/export/'
+        'best_default/checkpoint/model.ckpt-300000.*)')
+  return tf_realm_import.checkpoint_prefix(found[0])
+
+
+def check_tf_inputs(tf_dir: pathlib.Path,
+                    embedder: pathlib.Path | None) -> dict[str, Any]:
+  """check_inputs of a tf: directory (see the module docstring)."""
+  if not tf_dir.is_dir():
+    raise FileNotFoundError(f'{tf_dir}: no such directory')
+  optional = {name: _stamp(tf_dir / name) if (tf_dir / name).is_file()
+              else None
+              for name in (TF_TITLES_FILE, bert_import.CONFIG_FILE)}
+  source = dict(
+      model=_tf_checkpoint_stamp(tf_model_prefix(tf_dir), 'the ORQA model'),
+      block_emb=_tf_checkpoint_stamp(
+          tf_dir / TF_BLOCK_EMB,
+          'the block embeddings (cc_news_pretrained/embedder/encoded/'
+          'encoded.ckpt.*)'),
+      vocab=_stamp(_file(tf_dir, VOCAB_FILE,
+                         'the WordPiece vocabulary of the model')),
+      blocks=_stamp(_file(tf_dir, TF_BLOCKS_FILE,
+                          'the texts of the blocks block_emb embeds '
+                          '(gs://orqa-data/enwiki-20181220/blocks.tfr)')),
+      titles=optional[TF_TITLES_FILE],
+      config=optional[bert_import.CONFIG_FILE],
+      embedder=None)
+  if embedder is not None:
+    prefix = tf_realm_import.checkpoint_prefix(embedder)
+    source['embedder'] = _tf_checkpoint_stamp(
+        prefix, 'the embedder checkpoint (cc_news_pretrained/embedder/'
+        'variables/variables.*)')
+  return source
+
+
 def _check_tokenizer(checkpoint_dir: pathlib.Path, tokenizer,
                      model_config) -> None:
   """Our WordPiece tokenizer lowercases (as the released checkpoints'), and
@@ -136,32 +232,33 @@ def _check_tokenizer(checkpoint_dir: pathlib.Path, tokenizer,
 
 
 def open_qa_params(checkpoint: realm_import.RealmCheckpoint,
-                   embedder_dir: pathlib.Path | None) -> dict[str, Any]:
+                   embedder: realm_import.RealmCheckpoint | None,
+                   embedder_name: str = '') -> dict[str, Any]:
   """models.REALM params (separate towers, float32 numpy) of an imported
-  RealmForOpenQA: its question tower and reader; the document tower from
-  `embedder_dir`'s RealmEmbedder, else the question tower's copy."""
+  open-QA model: its question tower and reader; the document tower from
+  the imported `embedder` (named `embedder_name`), else the question
+  tower's copy."""
   model_config = models.with_separate_towers(checkpoint.model_config)
   params = nnx.to_pure_dict(nnx.state(models.REALM(model_config,
                                                    rngs=nnx.Rngs(0))))
-  if embedder_dir is not None:
-    embedder = realm_import.import_realm_checkpoint(embedder_dir)
+  if embedder is not None:
     if embedder.architecture != 'RealmEmbedder':
-      raise ValueError(f'{embedder_dir / bert_import.CONFIG_FILE}: a '
-                       f'{embedder.architecture}; --embedder takes a '
-                       'RealmEmbedder (e.g. google/realm-cc-news-pretrained-'
-                       'embedder, which computed block_emb)')
+      raise ValueError(f'{embedder_name}: a {embedder.architecture}; '
+                       '--embedder takes the embedder that computed '
+                       'block_emb (google/realm-cc-news-pretrained-embedder, '
+                       'gs://realm-data/cc_news_pretrained/embedder)')
     # It fills every tower; the open-QA checkpoint then the question tower.
     params = realm_import.init_from_realm(params, model_config, embedder)
   params = realm_import.init_from_realm(params, model_config, checkpoint)
   retriever = params['retriever']
-  if embedder_dir is None:
-    logging.info('The document tower is a copy of the question tower: a '
-                 'RealmForOpenQA checkpoint has none (pass --embedder=DIR, '
-                 'the RealmEmbedder that computed block_emb, for it). '
-                 'Answering does not use it: the index is block_emb.')
+  if embedder is None:
+    logging.info('The document tower is a copy of the question tower: an '
+                 'open-QA checkpoint has none (pass --embedder, the '
+                 'embedder that computed block_emb, for it). Answering does '
+                 'not use it: the index is block_emb.')
     retriever = dict(retriever, doc_tower=retriever['query_tower'])
   else:
-    logging.info('The document tower is %s\'s RealmEmbedder', embedder_dir)
+    logging.info('The document tower is %s\'s embedder', embedder_name)
   return dict(params, retriever=retriever)
 
 
@@ -285,42 +382,143 @@ def _check_part(path, recorded, source, name: str) -> bool:
   return True
 
 
-def import_open_qa(checkpoint_dir: str, workdir: str, *,
-                   embedder_dir: str | None = None,
-                   index_kind: str = 'auto', block_len: int = 288,
-                   shard_size: int = 100_000, overwrite: bool = False,
-                   chunk_rows: int = CHUNK_ROWS) -> ml_collections.ConfigDict:
-  """Makes `workdir` from a RealmForOpenQA checkpoint directory (see the
-  module docstring); returns its config. `index_kind`: mips.index_config's
-  kind ('exact' searches as transformers' RealmForOpenQA does)."""
-  checkpoint_dir = pathlib.Path(checkpoint_dir)
-  embedder_dir = pathlib.Path(embedder_dir) if embedder_dir else None
-  workdir = epath.Path(workdir)
-  if corpus_lib.is_remote(workdir):
-    raise ValueError(f'{workdir}: import into a local workdir, then copy it')
-  source = check_inputs(checkpoint_dir, embedder_dir)
-  # The settings that shape the parts too; JSON types, as the parts record.
-  source = json.loads(json.dumps(dict(
+def _settings(source, block_len, index_kind) -> dict[str, Any]:
+  """The source with the settings that shape the parts too; JSON types,
+  as the parts record them."""
+  return json.loads(json.dumps(dict(
       source, settings=dict(block_len=block_len, index_kind=index_kind))))
-  records_path = checkpoint_dir / block_records_lib.FILE_NAME
-  checkpoint = realm_import.import_realm_checkpoint(checkpoint_dir)
+
+
+def _check_open_qa(checkpoint, where, block_len, num_records,
+                   records_path) -> None:
   if checkpoint.architecture != 'RealmForOpenQA':
-    raise ValueError(f'{checkpoint_dir / bert_import.CONFIG_FILE}: a '
-                     f'{checkpoint.architecture}; realm-import takes a '
-                     'RealmForOpenQA (e.g. google/realm-orqa-nq-openqa)')
+    raise ValueError(f'{where}: a {checkpoint.architecture}; realm-import '
+                     'takes an open-QA model (google/realm-orqa-nq-openqa, '
+                     'gs://realm-data/orqa_nq_model_from_realm)')
   if not 3 < block_len <= checkpoint.model_config.max_position_embeddings:
     raise ValueError(f'block_len {block_len}: must be in [4, '
                      f'{checkpoint.model_config.max_position_embeddings}]')
-  num_records = block_records_lib.num_block_records(records_path)
   if not num_records:
     raise ValueError(f'{records_path} holds no records')
   if num_records != len(checkpoint.block_emb):
     raise ValueError(
         f'{records_path} holds {num_records} records, the tensor block_emb '
-        f'of {_weights_file(checkpoint_dir)} {len(checkpoint.block_emb)} '
-        'rows: each record is the text of one row')
-  tokenizer = tokenization.load_tokenizer(checkpoint_dir / VOCAB_FILE)
-  _check_tokenizer(checkpoint_dir, tokenizer, checkpoint.model_config)
+        f'of {where} {len(checkpoint.block_emb)} rows: each record is the '
+        'text of one row')
+
+
+def import_open_qa(checkpoint_dir: str, workdir: str, *,
+                   embedder_dir: str | None = None,
+                   index_kind: str = 'auto', block_len: int = 288,
+                   shard_size: int = 100_000, overwrite: bool = False,
+                   chunk_rows: int = CHUNK_ROWS) -> ml_collections.ConfigDict:
+  """Makes `workdir` from a RealmForOpenQA checkpoint directory (hf:, see
+  the module docstring); returns its config. `index_kind`:
+  mips.index_config's kind ('exact' searches as transformers'
+  RealmForOpenQA does)."""
+  checkpoint_dir = pathlib.Path(checkpoint_dir)
+  embedder_dir = pathlib.Path(embedder_dir) if embedder_dir else None
+  source = _settings(check_inputs(checkpoint_dir, embedder_dir), block_len,
+                     index_kind)
+  records_path = checkpoint_dir / block_records_lib.FILE_NAME
+  checkpoint = realm_import.import_realm_checkpoint(checkpoint_dir)
+  num_records = block_records_lib.num_block_records(records_path)
+  _check_open_qa(checkpoint, _weights_file(checkpoint_dir), block_len,
+                 num_records, records_path)
+
+  def params():
+    embedder = (realm_import.import_realm_checkpoint(embedder_dir)
+                if embedder_dir else None)
+    return open_qa_params(checkpoint, embedder,
+                          str(embedder_dir / bert_import.CONFIG_FILE)
+                          if embedder_dir else '')
+
+  def write_corpus(corpus_dir, tokenizer):
+    records, fingerprint = block_records_lib.read_block_records(records_path)
+    return block_records_lib.write_corpus(
+        corpus_dir, records, num_records, tokenizer,
+        checkpoint_dir / VOCAB_FILE, block_len=block_len,
+        shard_size=shard_size,
+        source=dict(format='block_records', path=str(records_path.resolve()),
+                    fingerprint=fingerprint, inputs=source),
+        records_path=records_path)
+
+  return _make_workdir(
+      epath.Path(workdir), checkpoint_dir, checkpoint, source, params,
+      write_corpus, index_kind=index_kind, overwrite=overwrite,
+      chunk_rows=chunk_rows)
+
+
+def import_tf_open_qa(tf_dir: str, workdir: str, *,
+                      embedder: str | None = None, index_kind: str = 'auto',
+                      block_len: int = 288, shard_size: int = 100_000,
+                      overwrite: bool = False, chunk_rows: int = CHUNK_ROWS
+                      ) -> ml_collections.ConfigDict:
+  """Makes `workdir` from the reference's TF artefacts in `tf_dir` (tf:,
+  see the module docstring); `embedder`: the embedder's TF checkpoint
+  (prefix, .index or TF-Hub module directory). As import_open_qa."""
+  tf_dir = pathlib.Path(tf_dir)
+  embedder = pathlib.Path(embedder) if embedder else None
+  source = _settings(check_tf_inputs(tf_dir, embedder), block_len,
+                     index_kind)
+  tf_checkpoint.log_missing_crc32c()
+  # config.json, if any, describes the embedder's BERT too.
+  config_path = tf_dir / bert_import.CONFIG_FILE
+  config_path = config_path if config_path.is_file() else None
+  checkpoint = tf_realm_import.import_tf_checkpoint(
+      tf_model_prefix(tf_dir), config=config_path,
+      block_emb=tf_dir / TF_BLOCK_EMB)
+  blocks_path, titles_path = tf_dir / TF_BLOCKS_FILE, tf_dir / TF_TITLES_FILE
+  num_records = tf_checkpoint.count_tfrecords(blocks_path)
+  _check_open_qa(checkpoint, f'{tf_dir / TF_BLOCK_EMB}.index', block_len,
+                 num_records, blocks_path)
+  has_titles = titles_path.is_file()
+  if has_titles and tf_checkpoint.count_tfrecords(titles_path) != num_records:
+    raise ValueError(f'{titles_path} holds '
+                     f'{tf_checkpoint.count_tfrecords(titles_path)} titles, '
+                     f'{blocks_path} {num_records} blocks')
+
+  def params():
+    embedded = (tf_realm_import.import_tf_checkpoint(embedder,
+                                                     config=config_path)
+                if embedder else None)
+    return open_qa_params(checkpoint, embedded, str(embedder or ''))
+
+  def write_corpus(corpus_dir, tokenizer):
+    # The files' stamps identify the texts (hashing 13 GB would not more).
+    fingerprint = hashlib.sha256(json.dumps(
+        [source['blocks'], source['titles']]).encode()).hexdigest()
+    return block_records_lib.write_corpus(
+        corpus_dir, tf_checkpoint.read_tfrecords(blocks_path), num_records,
+        tokenizer, tf_dir / VOCAB_FILE, block_len=block_len,
+        shard_size=shard_size,
+        source=dict(format='tfrecord', path=str(blocks_path.resolve()),
+                    fingerprint=f'stamps-sha256:{fingerprint}',
+                    inputs=source),
+        records_path=blocks_path,
+        titles=(tf_checkpoint.read_tfrecords(titles_path) if has_titles
+                else None),
+        titles_path=titles_path, max_title_len=MAX_TITLE_LEN)
+
+  return _make_workdir(
+      epath.Path(workdir), tf_dir, checkpoint, source, params, write_corpus,
+      index_kind=index_kind, overwrite=overwrite, chunk_rows=chunk_rows)
+
+
+def _make_workdir(workdir: epath.Path, model_dir: pathlib.Path,
+                  checkpoint: realm_import.RealmCheckpoint,
+                  source: dict[str, Any],
+                  params: Callable[[], dict[str, Any]],
+                  write_corpus: Callable[..., dict[str, Any]], *,
+                  index_kind: str, overwrite: bool, chunk_rows: int
+                  ) -> ml_collections.ConfigDict:
+  """The parts of the workdir not yet made from `source`: the checkpoint
+  (`params()`), the corpus (`write_corpus(corpus_dir, tokenizer)`, its
+  manifest), block_emb's index, then config.json."""
+  if corpus_lib.is_remote(workdir):
+    raise ValueError(f'{workdir}: import into a local workdir, then copy it')
+  tokenizer = tokenization.load_tokenizer(model_dir / VOCAB_FILE)
+  _check_tokenizer(model_dir, tokenizer, checkpoint.model_config)
   index_config = mips.index_config()
   index_config.kind = index_kind
   mips.validate_config(index_config)
@@ -341,7 +539,7 @@ def import_open_qa(checkpoint_dir: str, workdir: str, *,
   checkpoints = workdir / 'checkpoints'
   if not _check_part(checkpoints, _committed_checkpoint_source(checkpoints),
                      source, 'checkpoint'):
-    save_checkpoint(workdir, open_qa_params(checkpoint, embedder_dir), source)
+    save_checkpoint(workdir, params(), source)
 
   corpus_dir = workdir / 'corpus'
   corpus_manifest = (corpus_lib.Corpus(corpus_dir).manifest
@@ -349,14 +547,7 @@ def import_open_qa(checkpoint_dir: str, workdir: str, *,
   recorded = corpus_manifest is not None and corpus_manifest['source'].get(
       'inputs')
   if not _check_part(corpus_dir, recorded, source, 'corpus'):
-    records, fingerprint = block_records_lib.read_block_records(records_path)
-    corpus_manifest = block_records_lib.write_corpus(
-        corpus_dir, records, tokenizer, checkpoint_dir / VOCAB_FILE,
-        block_len=block_len, shard_size=shard_size,
-        source=dict(format='block_records', path=str(records_path.resolve()),
-                    fingerprint=fingerprint, inputs=source),
-        records_path=records_path)
-    del records
+    corpus_manifest = write_corpus(corpus_dir, tokenizer)
 
   store = index_store.IndexStore(workdir / 'index')
   version = index_store.version_name(IMPORT_STEP)
@@ -375,6 +566,6 @@ def import_open_qa(checkpoint_dir: str, workdir: str, *,
                                 config.to_json_best_effort(indent=2))
   workspace.finish_job(workdir)
   logging.info('Imported %s into %s: %d blocks; answer with realm-answer '
-               '--workdir=%s "a question"', checkpoint_dir, workdir,
-               num_records, workdir)
+               '--workdir=%s "a question"', model_dir, workdir,
+               corpus_manifest['num_blocks'], workdir)
   return config

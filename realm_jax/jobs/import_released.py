@@ -1,17 +1,23 @@
 """`realm-import`: a released REALM/ORQA open-QA model as a realm_jax workdir.
 
   realm-import --from=hf:DIR --workdir=W [--embedder=DIR]
+  realm-import --from=tf:DIR --workdir=W [--embedder=TF_CHECKPOINT]
   realm-answer --workdir=W "who wrote the origin of species?"
 
-DIR is a Hugging Face open-QA checkpoint directory (a download of
+hf:DIR is a Hugging Face open-QA checkpoint directory (a download of
 google/realm-orqa-nq-openqa or google/realm-orqa-wq-openqa: config.json,
-pytorch_model.bin, vocab.txt, block_records.npy). W gets the params as a
-checkpoint, the block records as a corpus and block_emb as its published
-index (realm_jax/released_workdir.py); realm-answer and realm-evaluate then
-read it as a fine-tuned run. `--embedder` (a RealmEmbedder checkpoint, e.g.
-google/realm-cc-news-pretrained-embedder) is the document tower; without
-it that tower is a copy of the question tower (answering does not use it).
-A killed import is resumed by running the same command again.
+pytorch_model.bin, vocab.txt, block_records.npy); `--embedder` a
+RealmEmbedder checkpoint directory (google/realm-cc-news-pretrained-
+embedder). tf:DIR holds the reference's own artefacts (the ORQA model's
+model.ckpt-*, encoded.ckpt, blocks.tfr, titles.tfr, vocab.txt: the layout
+and the gsutil commands that fetch it are in realm_jax/released_workdir.py;
+no TensorFlow needed); `--embedder` the pretrained embedder's TF checkpoint
+(its TF-Hub module directory, or the variables/variables prefix). W gets
+the params as a checkpoint, the blocks as a corpus and block_emb as its
+published index; realm-answer and realm-evaluate then read it as a
+fine-tuned run. The embedder is the document tower; without it that tower
+is a copy of the question tower (answering does not use it). A killed
+import is resumed by running the same command again.
 """
 from absl import app
 from absl import flags
@@ -21,7 +27,8 @@ from realm_jax import cli
 from realm_jax import released_workdir
 from realm_jax.retrieval import mips
 
-SOURCE_PREFIX = 'hf:'
+IMPORTERS = {'hf:': released_workdir.import_open_qa,
+             'tf:': released_workdir.import_tf_open_qa}
 
 
 def main(argv):
@@ -30,27 +37,34 @@ def main(argv):
   cli.quiet_console()
   options = flags.FLAGS
   source = options['from'].value
-  if '://' in source or (':' in source and not source.startswith(
-      SOURCE_PREFIX)):
-    raise app.UsageError(f'--from={source}: only Hugging Face checkpoint '
-                         f'directories ({SOURCE_PREFIX}DIR) can be imported')
+  if ':' not in source:  # a bare directory: hf:, as before tf: existed
+    source = 'hf:' + source
+  kind = source[:3]
+  if kind not in IMPORTERS or '://' in source:
+    raise app.UsageError(f'--from={source}: only local directories of a '
+                         'Hugging Face checkpoint (hf:DIR) or of the '
+                         'reference\'s TF artefacts (tf:DIR) can be imported')
   logging.info('Host allocator: %s', cli.host_allocator())
-  released_workdir.import_open_qa(
-      source.removeprefix(SOURCE_PREFIX), options.workdir,
-      embedder_dir=options.embedder or None, index_kind=options.index_kind,
-      block_len=options.block_len, overwrite=options.overwrite)
+  embedder = dict(embedder_dir=options.embedder or None) if kind == 'hf:' else (
+      dict(embedder=options.embedder or None))
+  IMPORTERS[kind](
+      source[3:], options.workdir, **embedder,
+      index_kind=options.index_kind, block_len=options.block_len,
+      overwrite=options.overwrite)
 
 
 def run():
   cli.use_tcmalloc()
   # Defined here, not at import, as cli.run_job does.
-  flags.DEFINE_string('from', None, f'{SOURCE_PREFIX}DIR: a Hugging Face '
-                      'RealmForOpenQA checkpoint directory with vocab.txt '
-                      'and block_records.npy.')
+  flags.DEFINE_string('from', None, 'hf:DIR: a Hugging Face RealmForOpenQA '
+                      'checkpoint directory with vocab.txt and '
+                      'block_records.npy; tf:DIR: the reference\'s ORQA '
+                      'model, encoded.ckpt, blocks.tfr, vocab.txt.')
   flags.DEFINE_string('workdir', None, 'The workdir to make.')
-  flags.DEFINE_string('embedder', '', 'A RealmEmbedder checkpoint directory: '
-                      'the document tower (default: the question tower\'s '
-                      'copy).')
+  flags.DEFINE_string('embedder', '', 'The document tower: a RealmEmbedder '
+                      'checkpoint directory (hf:), the embedder\'s TF '
+                      'checkpoint or TF-Hub module directory (tf:) '
+                      '(default: the question tower\'s copy).')
   flags.DEFINE_enum('index_kind', 'auto', list(mips.KINDS),
                     'The index of block_emb: exact (brute force, as '
                     'transformers\' RealmForOpenQA), scann (as ORQA), auto '
