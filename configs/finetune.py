@@ -50,6 +50,11 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   # beside an ICT retriever: the paper's swaps).
   config.init.reader_from = ''
   config.corpus_dir = ''  # '' = init_from's corpus
+  # The fixed index: init_from's published one when it was embedded from the
+  # very checkpoint this run starts from, over the same corpus (the document
+  # tower is frozen here, so its vectors are this run's): no re-embedding,
+  # e.g. of a realm-import'ed release's 13M blocks. False: always embed.
+  config.reuse_init_index = True
   config.train_data = ''
   config.eval_data = ''  # evaluated after the last step ('' = not)
   config.regex_answers = False  # CuratedTrec

@@ -343,3 +343,39 @@ def test_another_runs_workdir_is_not_overwritten(imported, tmp_path):
   _import(str(imported[0]), str(workdir), overwrite=True)
   assert 'imported_from' in json.loads((workdir / 'config.json').read_text())
   assert (workdir / 'notes.txt').read_text() == 'mine'
+
+
+def test_finetuning_from_an_import_takes_its_index(imported, tmp_path):
+  """realm-finetune --config.init_from=IMPORT publishes block_emb as its
+  fixed index (no re-embedding: the import's document tower is not what
+  embedded block_emb), and trains from there."""
+  from conftest import job_config  # pylint: disable=g-import-not-at-top
+  from realm_jax.jobs import finetune  # pylint: disable=g-import-not-at-top
+  from realm_jax.retrieval import workspace  # pylint: disable=g-import-not-at-top
+  hf_dir, workdir, model, _ = imported
+  train = tmp_path / 'train.jsonl'
+  train.write_text(''.join(json.dumps(dict(question=q, answer=[a])) + '\n'
+                           for q, a in zip(QUESTIONS[:4], [
+                               'herman melville', 'brazil', '1889',
+                               'neil armstrong'])))
+
+  def config(**overrides):
+    config = job_config('finetune')
+    config.model.update(workspace.read_config(workdir).model.to_dict())
+    config.model.share_towers = True  # fine-tuning separates them
+    config.update_from_flattened_dict(dict(
+        init_from=str(workdir), train_data=str(train), batch_size=8,
+        retriever_beam_size=4, reader_beam_size=2, num_train_steps=1,
+        **{'lengths.reader_len': 48}, **overrides))
+    return config
+
+  block_emb = model.block_emb.numpy()
+  finetune.train_and_evaluate(config(), str(tmp_path / 'ft'))
+  store = index_store.IndexStore(tmp_path / 'ft' / 'index')
+  version = store.pointer()['version']
+  assert store.read_manifest(version)['copied_from'].startswith(
+      str(workdir))
+  index, _ = store.load(version)
+  np.testing.assert_array_equal(
+      index.vectors(np.arange(len(RECORDS))), block_emb)
+

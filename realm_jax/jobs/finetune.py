@@ -97,14 +97,44 @@ def params_from_run(init_from: str, params: dict) -> dict:
 
 def fixed_index(config, workdir: epath.Path, corpus_dir: str):
   """Embeds the corpus once with the (frozen) document tower of the latest
-  checkpoint into WORKDIR/index, unless done; returns the loaded index."""
+  checkpoint into WORKDIR/index, unless done or init_from's index can be
+  taken (reuse_init_index); returns the loaded index."""
   store = index_store.IndexStore(workdir / 'index')
-  if store.latest_step() is None:
+  reusable = (config.reuse_init_index and store.latest_step() is None and
+              _init_index(config.init_from, corpus_dir))
+  if reusable and jax.process_index() == 0:
+    theirs, version = reusable
+    index, _ = theirs.load(version)
+    store.publish(0, index, index.vectors(np.arange(
+        min(16, index.num_vectors))), dict(copied_from=str(
+            theirs.version_dir(version))))
+    logging.info('Index: %s, init_from\'s (not embedded again)',
+                 theirs.version_dir(version))
+  elif not reusable and store.latest_step() is None:
     builder_config = ml_collections.ConfigDict(config.index_builder.to_dict())
     builder_config.corpus_dir = corpus_dir
     builder.Builder(builder_config, workdir).run(once=True)
   multihost_utils.sync_global_devices('fine-tuning index')
   return prediction.load_index(workdir / 'index')
+
+
+def _init_index(init_from: str, corpus_dir: str
+                ) -> tuple[index_store.IndexStore, str] | None:
+  """(init_from's index store, version) when its published index holds the
+  embeddings of init_from's latest checkpoint (the document tower this run
+  froze) over `corpus_dir`; else None."""
+  if not init_from:
+    return None
+  init = workspace.read_config(init_from)
+  init_corpus = init.get('corpus_dir') or str(
+      epath.Path(init_from) / 'corpus')
+  theirs = index_store.IndexStore(epath.Path(init_from) / 'index')
+  pointer = theirs.pointer()
+  _, step = checkpointing.latest(init_from, 'init_from')
+  if (pointer is None or pointer['checkpoint_step'] != step or
+      epath.Path(init_corpus).resolve() != epath.Path(corpus_dir).resolve()):
+    return None
+  return theirs, pointer['version']
 
 
 class QuestionBatches:
