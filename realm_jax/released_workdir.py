@@ -59,6 +59,25 @@ rerun keeps the finished parts, resumes block_emb's copy at its last
 finished chunk and redoes the rest. Parts from other inputs are an error
 unless `overwrite`, which deletes them.
 
+The cc_news pre-trained models become what a realm_jax run realm-pretrain
+starts from leaves behind (`import_init`, `import_tf_init`; no corpus, no
+index): a RealmEmbedder (google/realm-cc-news-pretrained-embedder, or
+gs://realm-data/cc_news_pretrained/embedder/variables) a realm-ict run's
+checkpoint, params {'retriever': {'doc_tower'}}, for `--config.init_from`;
+a RealmKnowledgeAugEncoder (google/realm-cc-news-pretrained-encoder, or
+gs://realm-data/cc_news_pretrained/bert/variables) a realm-mlm run's,
+params {'reader': {'encoder', 'mlm_head', 'span_head' (fresh)}}, for
+`--config.init.reader_from`:
+
+    WORKDIR/
+      checkpoints/0/   the imported params
+      vocab.txt        the checkpoint's WordPiece vocabulary: the corpus of
+                       the run started from it must be tokenized with it
+      config.json      `model`: the checkpoint's architecture; written last
+      TRAINING_DONE
+
+`import_hf` and `import_tf` (realm-import) choose by the architecture.
+
 Memory: block_emb stays memory-mapped (torch.load(mmap=True), or the
 encoded.ckpt data file) and is copied a chunk at a time; block_records.npy
 is read whole (as np.load would), blocks.tfr streamed; building and
@@ -113,7 +132,19 @@ _ROWS_FILE = 'block_emb.npy'
 _PROGRESS_FILE = 'block_emb.progress.json'
 # What `overwrite` deletes: the parts this import writes, nothing else.
 _PARTS = ('config.json', workspace.TRAINING_DONE, 'checkpoints', 'corpus',
-          'corpus.tmp', 'corpus.old', 'index')
+          'corpus.tmp', 'corpus.old', 'index', VOCAB_FILE)
+# The pre-training inits: the params a checkpoint fills (the layout of the
+# run realm-pretrain otherwise starts from) and realm-pretrain's flag.
+INIT_PARTS = {'RealmEmbedder': ('retriever', 'init_from'),
+              'RealmKnowledgeAugEncoder': ('reader', 'init.reader_from')}
+ACCEPTED = ('realm-import takes RealmForOpenQA (google/realm-orqa-nq-openqa, '
+            'gs://realm-data/orqa_nq_model_from_realm: a workdir realm-answer '
+            'reads), RealmEmbedder (google/realm-cc-news-pretrained-embedder, '
+            'gs://realm-data/cc_news_pretrained/embedder/variables: for '
+            'realm-pretrain --config.init_from) or RealmKnowledgeAugEncoder '
+            '(google/realm-cc-news-pretrained-encoder, gs://realm-data/'
+            'cc_news_pretrained/bert/variables: for realm-pretrain '
+            '--config.init.reader_from)')
 
 
 def _file(directory: pathlib.Path, name: str, what: str) -> pathlib.Path:
@@ -392,9 +423,7 @@ def _settings(source, block_len, index_kind) -> dict[str, Any]:
 def _check_open_qa(checkpoint, where, block_len, num_records,
                    records_path) -> None:
   if checkpoint.architecture != 'RealmForOpenQA':
-    raise ValueError(f'{where}: a {checkpoint.architecture}; realm-import '
-                     'takes an open-QA model (google/realm-orqa-nq-openqa, '
-                     'gs://realm-data/orqa_nq_model_from_realm)')
+    raise ValueError(f'{where}: a {checkpoint.architecture}; {ACCEPTED}')
   if not 3 < block_len <= checkpoint.model_config.max_position_embeddings:
     raise ValueError(f'block_len {block_len}: must be in [4, '
                      f'{checkpoint.model_config.max_position_embeddings}]')
@@ -505,6 +534,34 @@ def import_tf_open_qa(tf_dir: str, workdir: str, *,
       index_kind=index_kind, overwrite=overwrite, chunk_rows=chunk_rows)
 
 
+def _start_workdir(workdir: epath.Path, source: dict[str, Any],
+                   overwrite: bool) -> epath.Path:
+  """Deletes the imported parts when `overwrite`, else checks that a
+  config.json is of these inputs; returns its path."""
+  if overwrite:
+    for name in _PARTS:
+      path = pathlib.Path(workdir / name)
+      if path.is_dir():
+        shutil.rmtree(path)
+      elif path.exists():
+        path.unlink()
+  config_path = workdir / workspace.CONFIG_FILE
+  if config_path.exists():
+    _check_part(config_path, json.loads(config_path.read_text()).get(
+        'imported_from'), source, 'config')
+  workdir.mkdir(parents=True, exist_ok=True)
+  return config_path
+
+
+def _save_checkpoint_part(workdir: epath.Path,
+                          params: Callable[[], dict[str, Any]],
+                          source: dict[str, Any]) -> None:
+  checkpoints = workdir / 'checkpoints'
+  if not _check_part(checkpoints, _committed_checkpoint_source(checkpoints),
+                     source, 'checkpoint'):
+    save_checkpoint(workdir, params(), source)
+
+
 def _make_workdir(workdir: epath.Path, model_dir: pathlib.Path,
                   checkpoint: realm_import.RealmCheckpoint,
                   source: dict[str, Any],
@@ -523,23 +580,8 @@ def _make_workdir(workdir: epath.Path, model_dir: pathlib.Path,
   index_config.kind = index_kind
   mips.validate_config(index_config)
 
-  if overwrite:
-    for name in _PARTS:
-      path = pathlib.Path(workdir / name)
-      if path.is_dir():
-        shutil.rmtree(path)
-      elif path.exists():
-        path.unlink()
-  config_path = workdir / workspace.CONFIG_FILE
-  if config_path.exists():
-    _check_part(config_path, json.loads(config_path.read_text()).get(
-        'imported_from'), source, 'config')
-  workdir.mkdir(parents=True, exist_ok=True)
-
-  checkpoints = workdir / 'checkpoints'
-  if not _check_part(checkpoints, _committed_checkpoint_source(checkpoints),
-                     source, 'checkpoint'):
-    save_checkpoint(workdir, params(), source)
+  config_path = _start_workdir(workdir, source, overwrite)
+  _save_checkpoint_part(workdir, params, source)
 
   corpus_dir = workdir / 'corpus'
   corpus_manifest = (corpus_lib.Corpus(corpus_dir).manifest
@@ -569,3 +611,171 @@ def _make_workdir(workdir: epath.Path, model_dir: pathlib.Path,
                '--workdir=%s "a question"', model_dir, workdir,
                corpus_manifest['num_blocks'], workdir)
   return config
+
+
+def _check_init(architecture: str, where) -> None:
+  if architecture not in INIT_PARTS:
+    raise ValueError(f'{where}: a {architecture}; {ACCEPTED}')
+
+
+def init_params(checkpoint: realm_import.RealmCheckpoint) -> dict[str, Any]:
+  """The params a realm-ict run (embedder) or a realm-mlm run (encoder)
+  saves, filled from the checkpoint (the encoder's span head stays fresh,
+  as an MLM run's)."""
+  part, _ = INIT_PARTS[checkpoint.architecture]
+  model = (models.RetrieverModel if part == 'retriever'
+           else models.ReaderModel)(checkpoint.model_config, rngs=nnx.Rngs(0))
+  return realm_import.init_from_realm(nnx.to_pure_dict(nnx.state(model)),
+                                      checkpoint.model_config, checkpoint)
+
+
+def pretrain_flags(model_config: ml_collections.ConfigDict,
+                   architecture: str) -> list[str]:
+  """realm-pretrain's model flags (from configs/pretrain.py:base) for the
+  fields its check of this init compares."""
+  part, _ = INIT_PARTS[architecture]
+  fields = (workspace.READER_FIELDS if part == 'reader'
+            else (*workspace.PARAMETER_FIELDS, 'share_towers'))
+  base = config_lib.model_config('base', vocab_size=30522)
+  return [f'--config.model.{field}={model_config[field]}' for field in fields
+          if model_config[field] != base[field]]
+
+
+def _make_init_workdir(workdir: epath.Path,
+                       checkpoint: realm_import.RealmCheckpoint,
+                       source: dict[str, Any], vocab: pathlib.Path, *,
+                       overwrite: bool) -> ml_collections.ConfigDict:
+  """The checkpoint (init_params), vocab.txt, then config.json."""
+  if corpus_lib.is_remote(workdir):
+    raise ValueError(f'{workdir}: import into a local workdir, then copy it')
+  _check_tokenizer(vocab.parent, tokenization.load_tokenizer(vocab),
+                   checkpoint.model_config)
+  config_path = _start_workdir(workdir, source, overwrite)
+  _save_checkpoint_part(workdir, lambda: init_params(checkpoint), source)
+  index_store.atomic_write_text(workdir / VOCAB_FILE, vocab.read_text())
+  config = ml_collections.ConfigDict(dict(
+      model=checkpoint.model_config.to_dict(),
+      architecture=checkpoint.architecture, imported_from=source))
+  # The commit of the whole import: realm-pretrain reads config.json.
+  index_store.atomic_write_text(config_path,
+                                config.to_json_best_effort(indent=2))
+  workspace.finish_job(workdir)
+  _, flag = INIT_PARTS[checkpoint.architecture]
+  logging.info(
+      'Imported the %s into %s: start realm-pretrain '
+      '--config=configs/pretrain.py:base with --config.%s=%s %s. '
+      'Tokenize that run\'s corpus with %s (realm-prepare-corpus '
+      '--config.tokenizer.path=%s): the checkpoint\'s word embeddings are '
+      'rows of that vocabulary.', checkpoint.architecture, workdir, flag,
+      workdir, ' '.join(pretrain_flags(checkpoint.model_config,
+                                       checkpoint.architecture)),
+      workdir / VOCAB_FILE, workdir / VOCAB_FILE)
+  return config
+
+
+def import_init(checkpoint_dir: str, workdir: str, *,
+                overwrite: bool = False) -> ml_collections.ConfigDict:
+  """Makes `workdir` from a RealmEmbedder or RealmKnowledgeAugEncoder
+  checkpoint directory (hf:, see the module docstring); returns its
+  config."""
+  checkpoint_dir = pathlib.Path(checkpoint_dir)
+  if not checkpoint_dir.is_dir():
+    raise FileNotFoundError(f'{checkpoint_dir}: no such checkpoint directory')
+  vocab = _file(checkpoint_dir, VOCAB_FILE,
+                'the WordPiece vocabulary of the checkpoint')
+  source = json.loads(json.dumps(dict(
+      config=_stamp(_file(checkpoint_dir, bert_import.CONFIG_FILE,
+                          'not a Hugging Face checkpoint')),
+      weights=_stamp(_weights_file(checkpoint_dir)), vocab=_stamp(vocab))))
+  checkpoint = realm_import.import_realm_checkpoint(checkpoint_dir)
+  _check_init(checkpoint.architecture, checkpoint_dir / bert_import.CONFIG_FILE)
+  return _make_init_workdir(epath.Path(workdir), checkpoint, source, vocab,
+                            overwrite=overwrite)
+
+
+def tf_module_prefix(tf_dir: pathlib.Path) -> pathlib.Path:
+  """The checkpoint of a TF-Hub module directory (variables/variables) or
+  of its variables directory (variables)."""
+  for prefix in (tf_dir / 'variables' / 'variables', tf_dir / 'variables'):
+    if prefix.with_name(f'{prefix.name}.index').is_file():
+      return prefix
+  raise FileNotFoundError(
+      f'{tf_dir}: no {TF_MODEL_PATTERN} (an ORQA model), variables/'
+      'variables.index or variables.index (the cc_news embedder\'s or '
+      'encoder\'s: gsutil -m cp -r gs://realm-data/cc_news_pretrained/'
+      'embedder/variables DIR/)')
+
+
+def _tf_vocab(tf_dir: pathlib.Path) -> pathlib.Path:
+  """vocab.txt in the directory, or in its TF-Hub module's assets/."""
+  for path in (tf_dir / VOCAB_FILE, tf_dir / 'assets' / VOCAB_FILE):
+    if path.is_file():
+      return path
+  raise FileNotFoundError(
+      f'{tf_dir / VOCAB_FILE} not found (nor {tf_dir / "assets"}/'
+      f'{VOCAB_FILE}): the WordPiece vocabulary of the model (gsutil cp '
+      'gs://realm-data/cc_news_pretrained/embedder/assets/vocab.txt DIR/)')
+
+
+def import_tf_init(tf_dir: str, workdir: str, *,
+                   overwrite: bool = False) -> ml_collections.ConfigDict:
+  """Makes `workdir` from the cc_news embedder's or encoder's TF checkpoint
+  in `tf_dir` (tf_module_prefix; vocab.txt beside it or in assets/, an
+  optional config.json as import_tf_open_qa's). As import_init."""
+  tf_dir = pathlib.Path(tf_dir)
+  prefix = tf_module_prefix(tf_dir)
+  vocab = _tf_vocab(tf_dir)
+  config_path = tf_dir / bert_import.CONFIG_FILE
+  config_path = config_path if config_path.is_file() else None
+  source = json.loads(json.dumps(dict(
+      model=_tf_checkpoint_stamp(prefix, 'the module\'s variables'),
+      vocab=_stamp(vocab),
+      config=_stamp(config_path) if config_path else None)))
+  tf_checkpoint.log_missing_crc32c()
+  checkpoint = tf_realm_import.import_tf_checkpoint(prefix, config=config_path)
+  _check_init(checkpoint.architecture, f'{prefix}.index')
+  return _make_init_workdir(epath.Path(workdir), checkpoint, source, vocab,
+                            overwrite=overwrite)
+
+
+def _check_options(architecture: str, where, embedder) -> None:
+  _check_init(architecture, where)
+  if embedder:
+    raise ValueError(f'--embedder: a {architecture} is imported alone (the '
+                     'embedder is the document tower of an open-QA import)')
+
+
+def import_hf(checkpoint_dir: str, workdir: str, *,
+              embedder_dir: str | None = None, overwrite: bool = False,
+              **open_qa) -> ml_collections.ConfigDict:
+  """realm-import --from=hf:DIR: by the architecture of DIR/config.json,
+  import_open_qa (`open_qa`: its options) or import_init."""
+  config_path = pathlib.Path(checkpoint_dir) / bert_import.CONFIG_FILE
+  if not config_path.is_file():
+    raise FileNotFoundError(f'{config_path} not found: not a Hugging Face '
+                            'checkpoint')
+  named = json.loads(config_path.read_text()).get('architectures') or []
+  architecture = named[0] if len(named) == 1 else str(named)
+  if architecture == 'RealmForOpenQA':
+    return import_open_qa(checkpoint_dir, workdir, embedder_dir=embedder_dir,
+                          overwrite=overwrite, **open_qa)
+  _check_options(architecture, config_path, embedder_dir)
+  return import_init(checkpoint_dir, workdir, overwrite=overwrite)
+
+
+def import_tf(tf_dir: str, workdir: str, *, embedder: str | None = None,
+              overwrite: bool = False, **open_qa
+              ) -> ml_collections.ConfigDict:
+  """realm-import --from=tf:DIR: a directory with an ORQA model.ckpt-*
+  goes to import_tf_open_qa (`open_qa`: its options), a TF-Hub module of
+  the cc_news embedder or encoder to import_tf_init."""
+  tf_dir = pathlib.Path(tf_dir)
+  if not tf_dir.is_dir():
+    raise FileNotFoundError(f'{tf_dir}: no such directory')
+  if any(tf_dir.glob(TF_MODEL_PATTERN)):
+    return import_tf_open_qa(str(tf_dir), workdir, embedder=embedder,
+                             overwrite=overwrite, **open_qa)
+  prefix = tf_module_prefix(tf_dir)
+  _check_options(tf_realm_import.architecture_of(
+      tf_checkpoint.read_index(prefix), prefix), f'{prefix}.index', embedder)
+  return import_tf_init(str(tf_dir), workdir, overwrite=overwrite)

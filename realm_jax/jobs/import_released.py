@@ -1,8 +1,23 @@
-"""`realm-import`: a released REALM/ORQA open-QA model as a realm_jax workdir.
+"""`realm-import`: a released REALM/ORQA model as a realm_jax workdir.
 
   realm-import --from=hf:DIR --workdir=W [--embedder=DIR]
   realm-import --from=tf:DIR --workdir=W [--embedder=TF_CHECKPOINT]
   realm-answer --workdir=W "who wrote the origin of species?"
+
+  realm-import --from=hf:EMB_DIR --workdir=W_EMB   # or tf:EMB_MODULE_DIR
+  realm-import --from=hf:ENC_DIR --workdir=W_ENC   # or tf:BERT_MODULE_DIR
+  realm-pretrain --config=configs/pretrain.py:base --workdir=W \
+      --config.init_from=W_EMB --config.init.reader_from=W_ENC \
+      --config.model.hidden_act=gelu_new \
+      --config.model.projection_layer_norm_eps=1e-12
+
+The architecture of --from decides. An open-QA model (RealmForOpenQA, an
+ORQA model.ckpt-*) becomes a workdir realm-answer reads (below); the
+cc_news pre-trained embedder (RealmEmbedder) a workdir realm-pretrain's
+--config.init_from takes, the pre-trained encoder (RealmKnowledgeAugEncoder)
+one its --config.init.reader_from takes: a checkpoint, the checkpoint's
+vocab.txt (tokenize the pre-training corpus with it) and config.json
+(released_workdir.import_init).
 
 hf:DIR is a Hugging Face open-QA checkpoint directory (a download of
 google/realm-orqa-nq-openqa or google/realm-orqa-wq-openqa: config.json,
@@ -27,8 +42,8 @@ from realm_jax import cli
 from realm_jax import released_workdir
 from realm_jax.retrieval import mips
 
-IMPORTERS = {'hf:': released_workdir.import_open_qa,
-             'tf:': released_workdir.import_tf_open_qa}
+IMPORTERS = {'hf:': released_workdir.import_hf,
+             'tf:': released_workdir.import_tf}
 
 
 def main(argv):
@@ -58,8 +73,12 @@ def run():
   # Defined here, not at import, as cli.run_job does.
   flags.DEFINE_string('from', None, 'hf:DIR: a Hugging Face RealmForOpenQA '
                       'checkpoint directory with vocab.txt and '
-                      'block_records.npy; tf:DIR: the reference\'s ORQA '
-                      'model, encoded.ckpt, blocks.tfr, vocab.txt.')
+                      'block_records.npy, or a RealmEmbedder or '
+                      'RealmKnowledgeAugEncoder one with vocab.txt; tf:DIR: '
+                      'the reference\'s ORQA model, encoded.ckpt, '
+                      'blocks.tfr, vocab.txt, or the TF-Hub module '
+                      '(variables/) of the cc_news embedder or encoder with '
+                      'vocab.txt.')
   flags.DEFINE_string('workdir', None, 'The workdir to make.')
   flags.DEFINE_string('embedder', '', 'The document tower: a RealmEmbedder '
                       'checkpoint directory (hf:), the embedder\'s TF '
