@@ -16,6 +16,10 @@ job resumes from its checkpoints, a finished stage is skipped, and a row
 already in the results file is not run again (--rerun to redo it).
 --zero-shot-only measures the rows' zero-shot recall and leaves their
 fine-tuning (about an hour a row) to a later run, which adds it.
+--realm-flags='--config.X=Y ...' adds realm-pretrain flags to every REALM
+stage: a variant of the table, kept apart with its own --workdir (the
+stages it shares, e.g. corpus, mlm and ict, may be symlinks to another
+workdir's) and --results file; each row records the flags.
 
 Split (fixed): fine-tuning never sees the questions of the articles with
 `article_idx % 5 == 2` (10 of squad_open's 48 articles; their paragraphs
@@ -48,11 +52,13 @@ corpus, a few steps): it keeps the driver working in CI and says nothing
 about learning.
 """
 import argparse
+from collections.abc import Sequence
 import datetime
 import json
 import math
 import os
 import pathlib
+import shlex
 import signal
 import subprocess
 import sys
@@ -176,8 +182,10 @@ def log(message):
 class Driver:
   """The stages in WORKDIR, each run once; their wall times are recorded."""
 
-  def __init__(self, data: pathlib.Path, workdir: pathlib.Path, quick: bool):
+  def __init__(self, data: pathlib.Path, workdir: pathlib.Path, quick: bool,
+               realm_flags: Sequence[str] = ()):
     self.data, self.workdir, self.quick = data, workdir, quick
+    self.realm_flags = list(realm_flags)
     self.settings = QUICK if quick else FULL
     self.times_path = workdir / 'stage_seconds.json'
     self.times = (json.loads(self.times_path.read_text())
@@ -283,7 +291,7 @@ class Driver:
            f'--config.corpus_dir={corpus}', f'--config.init_from={ict}',
            f'--config.init.reader_from={mlm}',
            f'--config.masking.kind={REALM_MASKS[name]}', *self.model_flags,
-           *self.settings['realm'],
+           *self.settings['realm'], *self.realm_flags,
            # A frozen index never refreshes: no step may wait for one.
            *(self.settings['realm_refresh']
              if name != 'realm_frozen_index' else [])], cwd=REPO,
@@ -563,6 +571,9 @@ def main():
                       'their fine-tuning (a later run without it adds it)')
   parser.add_argument('--table', action='store_true',
                       help='only rebuild the Markdown from the results')
+  parser.add_argument('--realm-flags', default='',
+                      help='more realm-pretrain flags for every REALM stage '
+                      '(a variant: give it its own --workdir and --results)')
   parser.add_argument('--results', default='',
                       help='default: docs/paper_table.json '
                       '(--quick: WORKDIR/paper_table.json)')
@@ -578,7 +589,8 @@ def main():
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
       parser.error(f'--rows: unknown {unknown}; rows are {", ".join(ROWS)}')
-    driver = Driver(pathlib.Path(args.data).resolve(), workdir, args.quick)
+    driver = Driver(pathlib.Path(args.data).resolve(), workdir, args.quick,
+                    shlex.split(args.realm_flags))
     for row in rows:
       done = None if args.rerun else results['rows'].get(row)
       if is_complete(done, row) or (done and args.zero_shot_only):
@@ -588,10 +600,13 @@ def main():
       log(f'row {row}')
       results['rows'][row] = dict(
           run_row(driver, row, args.zero_shot_only, done), commit=_commit(),
-          date=datetime.date.today().isoformat())
+          date=datetime.date.today().isoformat(),
+          **({'realm_flags': args.realm_flags} if args.realm_flags else {}))
       results.update(
           command='.venv/bin/python bench/paper_table.py --data=DATA '
-          '--workdir=W' + (' --quick' if args.quick else ''),
+          '--workdir=W' + (' --quick' if args.quick else '') + (
+              f" --realm-flags='{args.realm_flags}'" if args.realm_flags
+              else ''),
           commit=_commit(),
           settings='quick: toy size' if args.quick else
           'MiniLM encoders; steps: ' + ', '.join(

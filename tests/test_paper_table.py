@@ -33,8 +33,11 @@ def test_standard_errors_and_paired_differences():
 @pytest.mark.slow
 def test_quick_table_runs_every_row_and_resumes(shared_data, tmp_path):
   workdir = tmp_path / 'table'
+  # The REALM stages with a variant's flag (the relative null document).
+  realm_flags = '--config.null_document=relative'
   command = [sys.executable, str(REPO_ROOT / 'bench' / 'paper_table.py'),
-             '--quick', f'--data={shared_data}', f'--workdir={workdir}']
+             '--quick', f'--data={shared_data}', f'--workdir={workdir}',
+             f'--realm-flags={realm_flags}']
   # One CPU device, as on a laptop (the suite's 8 fake ones would need
   # batches of 8).
   env = dict(os.environ, JAX_PLATFORMS='cpu',
@@ -51,6 +54,9 @@ def test_quick_table_runs_every_row_and_resumes(shared_data, tmp_path):
                             paper_table.ROWS.items() if retriever}
   assert not any('em' in r['splits']['heldout'] for r in zero_shot.values())
   assert not list(workdir.glob('ft_*'))
+  assert all(r['realm_flags'] == realm_flags for r in zero_shot.values())
+  assert json.loads((workdir / 'realm' / 'config.json').read_text())[
+      'null_document'] == 'relative'
   assert '| not run |' in (workdir / 'paper_table.md').read_text()
 
   # The full run adds the fine-tuning, reusing the measured zero-shot parts.
@@ -58,6 +64,8 @@ def test_quick_table_runs_every_row_and_resumes(shared_data, tmp_path):
   assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
   results = json.loads((workdir / 'paper_table.json').read_text())
   assert set(results['rows']) == set(paper_table.ROWS)
+  assert all(r['realm_flags'] == realm_flags
+             for r in results['rows'].values())
   for name, row in zero_shot.items():
     assert results['rows'][name]['zero_shot_seconds'] == row[
         'zero_shot_seconds']
