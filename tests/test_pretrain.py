@@ -64,12 +64,9 @@ def _log_softmax(x, axis=-1):
   return x - np.log(np.exp(x).sum(axis, keepdims=True))
 
 
-def test_marginal_loss_matches_numpy(model_and_params):
-  model, graphdef, params = model_and_params
-  batch = _batch()
-  loss, metrics = realm_objective.loss(params, batch, None, graphdef)
-
-  # The formula written out in float64 from the model's raw outputs.
+def _numpy_scores_and_log_p_y(model, batch):
+  """The model's raw outputs in float64: relevance scores [B, K] and
+  log p(y_j | z, x) [B, K, M]."""
   f64 = lambda x: np.asarray(x, np.float64)
   q = f64(model.retriever.embed_queries(
       batch['query_ids'], np.zeros_like(batch['query_ids']),
@@ -78,7 +75,6 @@ def test_marginal_loss_matches_numpy(model_and_params):
       batch['candidate_ids'].reshape(B * K, L),
       batch['candidate_segments'].reshape(B * K, L),
       batch['candidate_mask'].reshape(B * K, L))).reshape(B, K, -1)
-  log_p_z = _log_softmax(np.einsum('bd,bkd->bk', q, docs))
   sequence = model.reader(batch['reader_ids'].reshape(B * K, J),
                           batch['reader_segments'].reshape(B * K, J),
                           batch['reader_mask'].reshape(B * K, J))
@@ -87,7 +83,18 @@ def test_marginal_loss_matches_numpy(model_and_params):
           B, K, M, V)
   log_p_y = np.take_along_axis(
       _log_softmax(logits), batch['mlm_targets'][:, None, :, None],
-      axis=-1)[..., 0]  # [B, K, M]
+      axis=-1)[..., 0]
+  return np.einsum('bd,bkd->bk', q, docs), log_p_y
+
+
+def test_marginal_loss_matches_numpy(model_and_params):
+  model, graphdef, params = model_and_params
+  batch = _batch()
+  loss, metrics = realm_objective.loss(params, batch, None, graphdef)
+
+  # The formula written out in float64 from the model's raw outputs.
+  scores, log_p_y = _numpy_scores_and_log_p_y(model, batch)
+  log_p_z = _log_softmax(scores)
   joint = log_p_z[:, :, None] + log_p_y
   marginal = np.log(np.exp(joint).sum(1))
   w = batch['mlm_weights']
@@ -125,28 +132,11 @@ def test_relative_null_document_scores_the_mean_block_plus_an_offset():
   loss, metrics = realm_objective.loss(params, batch, None, graphdef,
                                        null_document='relative')
 
-  f64 = lambda x: np.asarray(x, np.float64)
-  q = f64(model.retriever.embed_queries(
-      batch['query_ids'], np.zeros_like(batch['query_ids']),
-      batch['query_mask']))
-  docs = f64(model.retriever.embed_blocks(
-      batch['candidate_ids'].reshape(B * K, L),
-      batch['candidate_segments'].reshape(B * K, L),
-      batch['candidate_mask'].reshape(B * K, L))).reshape(B, K, -1)
-  scores = np.einsum('bd,bkd->bk', q, docs)
+  scores, log_p_y = _numpy_scores_and_log_p_y(model, batch)
   valid = batch['candidate_valid'].astype(bool)
   for row in range(B):
     scores[row, 0] = scores[row, 1:][valid[row, 1:]].mean() + 0.7
   log_p_z = _log_softmax(np.where(valid, scores, -1e9))
-  sequence = model.reader(batch['reader_ids'].reshape(B * K, J),
-                          batch['reader_segments'].reshape(B * K, J),
-                          batch['reader_mask'].reshape(B * K, J))
-  logits = f64(model.reader.mlm_logits(
-      sequence, np.repeat(batch['mlm_positions'], K, axis=0))).reshape(
-          B, K, M, V)
-  log_p_y = np.take_along_axis(
-      _log_softmax(logits), batch['mlm_targets'][:, None, :, None],
-      axis=-1)[..., 0]
   marginal = np.log(np.exp(log_p_z[:, :, None] + log_p_y).sum(1))
   w = batch['mlm_weights']
   np.testing.assert_allclose(loss, -(marginal * w).sum() / w.sum(),

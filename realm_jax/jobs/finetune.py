@@ -100,7 +100,8 @@ def fixed_index(config, workdir: epath.Path, corpus_dir: str):
   checkpoint into WORKDIR/index, unless done or init_from's index can be
   taken (reuse_init_index); returns the loaded index."""
   store = index_store.IndexStore(workdir / 'index')
-  reusable = (config.reuse_init_index and store.latest_step() is None and
+  missing = store.latest_step() is None
+  reusable = (missing and config.reuse_init_index and
               _init_index(config.init_from, corpus_dir))
   if reusable and jax.process_index() == 0:
     theirs, version = reusable
@@ -110,7 +111,7 @@ def fixed_index(config, workdir: epath.Path, corpus_dir: str):
             theirs.version_dir(version))))
     logging.info('Index: %s, init_from\'s (not embedded again)',
                  theirs.version_dir(version))
-  elif not reusable and store.latest_step() is None:
+  elif missing and not reusable:
     builder_config = ml_collections.ConfigDict(config.index_builder.to_dict())
     builder_config.corpus_dir = corpus_dir
     builder.Builder(builder_config, workdir).run(once=True)
