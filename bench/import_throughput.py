@@ -32,7 +32,9 @@ Baselines in the same run, medians of --repeats: reading the two TFRecord
 files alone (crc32c verified, as the import reads them), the tokenizer's
 batched encode alone on the first min(N, 50,000) texts held in memory (what
 write_corpus calls), and a plain file copy of encoded.ckpt's data beside a
-standalone copy_block_emb. The projection to the released 13,353,718 blocks
+standalone copy_block_emb; and, for the hf: layout, block_records.npy of
+the same texts streamed by block_records.BlockRecords beside np.load's
+unpickling of it whole. The projection to the released 13,353,718 blocks
 is a linear extrapolation of each phase at this N (the index at that size
 is ScaNN under --index_kind=auto, exact up to 200,000 blocks here).
 """
@@ -385,7 +387,21 @@ def baselines(tf_dir: pathlib.Path, scratch: pathlib.Path, num_blocks: int,
     shutil.rmtree(scratch, ignore_errors=True)
     released_workdir.copy_block_emb(scratch, block_emb, {})
 
+  # The hf: layout's block_records.npy of the same texts: streamed by
+  # BlockRecords vs np.load's unpickling of the whole array.
+  records_path = scratch.with_suffix('.records.npy')
+  np.save(records_path, np.array(list(tf_checkpoint.read_tfrecords(
+      tf_dir / 'blocks.tfr')), dtype=object), allow_pickle=True)
+
+  def stream_records():
+    for _ in block_records.BlockRecords(records_path):
+      pass
+
   return dict(
+      stream_records=_median_seconds(stream_records, repeats),
+      np_load_records=_median_seconds(
+          lambda: np.load(records_path, allow_pickle=True), repeats),
+      records_mb=records_path.stat().st_size / 1e6,
       read=_median_seconds(read, repeats),
       tokenize=_median_seconds(tokenize, repeats) * num_blocks / len(texts),
       cp=_median_seconds(lambda: shutil.copyfile(data, scratch.with_suffix(
@@ -447,7 +463,11 @@ def run(root: pathlib.Path, num_blocks: int, repeats: int, index_kind: str):
           (f'baseline: cp encoded.ckpt (median {repeats})', base['cp'],
            emb_mb, None),
           (f'baseline: copy_block_emb (median {repeats})',
-           base['copy_block_emb'], emb_mb, None)]
+           base['copy_block_emb'], emb_mb, None),
+          (f'hf: stream block_records.npy (median {repeats})',
+           base['stream_records'], base['records_mb'], None),
+          (f'hf: np.load block_records.npy (median {repeats})',
+           base['np_load_records'], base['records_mb'], None)]
   rows = [(*row, row[1] * scale) for row in rows]
   rows.insert(4, ('checkpoint: params + save (tiny model)', constant, None,
                   phases['checkpoint']['rss_mb'], constant))
@@ -465,7 +485,10 @@ def run(root: pathlib.Path, num_blocks: int, repeats: int, index_kind: str):
   print(f'corpus / (read + tokenize) = '
         f'{phases["corpus"]["seconds"] / (base["read"] + base["tokenize"]):.2f}'
         f'x; block_emb copy / cp = '
-        f'{phases["block_emb copy"]["seconds"] / base["cp"]:.2f}x')
+        f'{phases["block_emb copy"]["seconds"] / base["cp"]:.2f}x; '
+        'block_records.npy streamed / np.load = '
+        f'{base["stream_records"] / base["np_load_records"]:.1f}x (np.load '
+        'holds the whole array)')
   corpus_mb, index_mb = _du(workdir / 'corpus') / 1e6, _du(
       workdir / 'index') / 1e6
   print(f'workdir: corpus {corpus_mb:.1f} MB, index {index_mb:.1f} MB '
@@ -491,7 +514,8 @@ def main(argv):
     if _KEEP.value:
       print(f'kept {root}')
     else:
-      for name in ('tf', 'import', 'scratch', 'scratch.data'):
+      for name in ('tf', 'import', 'scratch', 'scratch.data',
+                   'scratch.records.npy'):
         path = root / name
         if path.is_dir():
           shutil.rmtree(path)

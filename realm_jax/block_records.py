@@ -5,8 +5,9 @@ The Hugging Face open-QA repos (google/realm-orqa-{nq,wq}-openqa) hold
 UTF-8 bytes (ORQA's blocks.tfr: Wikipedia body text, no title), row i
 embedded as row i of the checkpoint's block_emb. np.save pickles an object
 array, and np.load(allow_pickle=True) would run whatever a tampered file's
-pickle names; `read_block_records` unpickles with only the numpy classes an
-array of bytes needs, and refuses anything else naming the file.
+pickle names and hold every record at once; `BlockRecords` streams the
+records out of the pickle without calling anything, and refuses a pickle
+naming anything but numpy's array reconstruction, naming the file.
 
 `write_corpus` turns the records into a realm_jax corpus folder
 (corpus.py's format) without repacking: block i is record i as it is
@@ -15,14 +16,16 @@ given, as ORQA's titles.tfr, else empty), tokenized in one piece as
 transformers' RealmRetriever tokenizes it, so the word pieces the reader
 sees are the port's. The records are streamed: only a batch is in memory.
 """
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import array
+import dataclasses
 import datetime
 import itertools
 import hashlib
 import json
 import os
 import pathlib
-import pickle
+import pickletools
 import time
 from typing import Any
 
@@ -39,42 +42,26 @@ from realm_jax import tokenization
 FILE_NAME = 'block_records.npy'
 # What np.save of an object array of bytes pickles: numpy's array
 # reconstructor (numpy 2 names its module numpy._core.multiarray, numpy 1
-# numpy.core.multiarray), the ndarray class and dtype. ndarray.__reduce__
-# hands us the reconstructor without importing a private module.
-_RECONSTRUCT = np.empty(0).__reduce__()[0]
-_ALLOWED_GLOBALS = {
-    ('numpy._core.multiarray', '_reconstruct'): _RECONSTRUCT,
-    ('numpy.core.multiarray', '_reconstruct'): _RECONSTRUCT,
-    ('numpy', 'ndarray'): np.ndarray,
-    ('numpy', 'dtype'): np.dtype,
-}
+# numpy.core.multiarray), the ndarray class and dtype. Nothing is called:
+# the pickle is read opcode by opcode (pickletools.genops) and only these
+# names may appear in it.
+_RECONSTRUCT = ('numpy._core.multiarray _reconstruct',
+                'numpy.core.multiarray _reconstruct')
+_NDARRAY, _DTYPE = 'numpy ndarray', 'numpy dtype'
+_ALLOWED_GLOBALS = frozenset((*_RECONSTRUCT, _NDARRAY, _DTYPE))
+# Opcodes that push a constant (their argument).
+_CONSTANTS = frozenset((
+    'BININT', 'BININT1', 'BININT2', 'LONG1', 'BINUNICODE', 'SHORT_BINUNICODE',
+    'BINUNICODE8', 'BINBYTES', 'SHORT_BINBYTES', 'BINBYTES8'))
+_BYTES = frozenset(('BINBYTES', 'SHORT_BINBYTES', 'BINBYTES8'))
+_FIXED = {'NONE': None, 'NEWTRUE': True, 'NEWFALSE': False,
+          'EMPTY_TUPLE': ()}
+_TUPLE_N = {'TUPLE1': 1, 'TUPLE2': 2, 'TUPLE3': 3}
 
 
 class BlockRecordsError(ValueError):
   """A block_records.npy that is not an array of texts, or that names code
   to run."""
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-  """Resolves only _ALLOWED_GLOBALS: nothing else can be called."""
-
-  def __init__(self, file, path):
-    super().__init__(file)
-    self._path = path
-
-  def find_class(self, module, name):
-    try:
-      return _ALLOWED_GLOBALS[(module, name)]
-    except KeyError:
-      raise BlockRecordsError(
-          f'{self._path}: refusing to unpickle {module}.{name}; a block '
-          'records file is np.save of an object array of bytes, which '
-          f'names only {sorted(".".join(k) for k in _ALLOWED_GLOBALS)}'
-      ) from None
-
-  def persistent_load(self, pid):
-    raise BlockRecordsError(f'{self._path}: refusing a persistent id in the '
-                            'pickle')
 
 
 class _HashingReader:
@@ -94,6 +81,9 @@ class _HashingReader:
     data = self._file.readline(size)
     self.digest.update(data)
     return data
+
+  def tell(self):
+    return self._file.tell()
 
 
 def _read_header(file, path) -> tuple[int, ...]:
@@ -121,37 +111,179 @@ def num_block_records(path: str | os.PathLike[str]) -> int:
     return _read_header(f, path)[0]
 
 
-def read_block_records(path: str | os.PathLike[str]
-                       ) -> tuple[np.ndarray, str]:
-  """(the records, an object array of bytes; 'sha256:<digest of the file>').
+@dataclasses.dataclass(frozen=True)
+class _Global:
+  name: str
 
-  The pickle is read with a restricted unpickler: a file naming any class
-  or function but numpy's array reconstruction raises BlockRecordsError
-  before anything is called. All records are in memory, as with np.load
-  (for the 13,353,718 released blocks, several GB).
+
+@dataclasses.dataclass(frozen=True)
+class _Reduce:
+  func: Any
+  args: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class _Build:
+  obj: Any
+  state: Any
+
+
+_MARK = object()
+# The one list of the pickle: the array's items, streamed out, never held.
+_RECORDS = object()
+
+
+class BlockRecords:
+  """The records of a block_records.npy, streamed in order as bytes.
+
+  np.load(allow_pickle=True) would unpickle the whole array (several GB
+  for the 13,353,718 released blocks) and run whatever a tampered file's
+  pickle names. This reads the pickle opcode by opcode: only the opcodes
+  np.save writes are accepted, only numpy's array reconstruction may be
+  named (anything else raises BlockRecordsError naming the file before a
+  record is read), nothing is called, and each record is handed out as it
+  is read, so memory holds one APPENDS batch (1,000 records) and the memo's
+  file offsets (8 bytes a record: a repeated record, e.g. b'', is pickled
+  as a reference to its first occurrence, read again from there).
+  `fingerprint` ('sha256:<digest of the file>') is set once every record
+  has been read.
   """
-  path = pathlib.Path(path)
-  with open(path, 'rb') as f:
-    reader = _HashingReader(f)
-    (num_records,) = _read_header(reader, path)
+
+  def __init__(self, path: str | os.PathLike[str]):
+    self.path = pathlib.Path(path)
+    self.num_records = num_block_records(self.path)
+    self.fingerprint: str | None = None
+
+  def _error(self, message: str) -> BlockRecordsError:
+    return BlockRecordsError(f'{self.path}: {message}')
+
+  def __iter__(self) -> Iterator[bytes]:
+    with open(self.path, 'rb') as f, open(self.path, 'rb') as again:
+      reader = _HashingReader(f)
+      _read_header(reader, self.path)
+      try:
+        result, num_read = yield from self._records(reader, again)
+      except BlockRecordsError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        raise self._error(f'cannot read the pickle ({e!r})') from e
+      if reader.read(1):
+        raise self._error('data after the pickled array')
+    self._check_array(result, num_read)
+    self.fingerprint = f'sha256:{reader.digest.hexdigest()}'
+
+  def _records(self, reader, again):
+    """Yields the records; returns (the pickle's top object, records read)."""
+    stack, memo = [], {}
+    offsets = array.array('q')  # memo index -> file offset of a record
+    num_read, memo_size, in_records = 0, 0, False
+    last_name, last_position = '', 0
+    for opcode, arg, position in pickletools.genops(reader):
+      name = opcode.name
+      if name in _CONSTANTS:
+        stack.append(arg)
+      elif name in _FIXED:
+        stack.append(_FIXED[name])
+      elif name in ('PROTO', 'FRAME'):
+        pass
+      elif name == 'MARK':
+        stack.append(_MARK)
+      elif name in ('BINPUT', 'LONG_BINPUT', 'MEMOIZE'):
+        # MEMOIZE stores at the memo's size, as pickle.Unpickler does.
+        index = memo_size if name == 'MEMOIZE' else arg
+        memo_size = max(memo_size, index + 1)
+        if in_records and last_name in _BYTES:
+          # Remember where the record is, not the record.
+          offsets.extend([-1] * (index + 1 - len(offsets)))
+          offsets[index] = last_position
+        else:
+          memo[index] = stack[-1]
+      elif name in ('BINGET', 'LONG_BINGET'):
+        if arg < len(offsets) and offsets[arg] >= 0:
+          again.seek(offsets[arg])
+          stack.append(next(pickletools.genops(again))[1])
+        elif arg in memo:
+          stack.append(memo[arg])
+        else:
+          raise self._error(f'a reference to memo {arg}, never stored')
+      elif name in ('GLOBAL', 'STACK_GLOBAL'):
+        if name == 'STACK_GLOBAL':
+          arg = f'{stack.pop(-2)} {stack.pop()}'
+        if arg not in _ALLOWED_GLOBALS:
+          raise self._error(
+              f'refusing to unpickle {arg.replace(" ", ".")}; a block '
+              'records file is np.save of an object array of bytes, which '
+              f'names only {sorted(g.replace(" ", ".") for g in _ALLOWED_GLOBALS)}')
+        stack.append(_Global(arg))
+      elif name == 'TUPLE':
+        mark = _last_mark(stack)
+        items = tuple(stack[mark + 1:])
+        del stack[mark:]
+        stack.append(items)
+      elif name in _TUPLE_N:
+        items = tuple(stack[-_TUPLE_N[name]:])
+        del stack[-_TUPLE_N[name]:]
+        stack.append(items)
+      elif name == 'EMPTY_LIST':
+        if in_records:
+          raise self._error('a second list in the pickle')
+        stack.append(_RECORDS)
+        in_records = True
+      elif name in ('APPEND', 'APPENDS'):
+        first = _last_mark(stack) + 1 if name == 'APPENDS' else len(stack) - 1
+        if stack[first - 1 - (name == 'APPENDS')] is not _RECORDS:
+          raise self._error('an append to something but the array\'s list')
+        for record in stack[first:]:
+          if not isinstance(record, bytes):
+            raise self._error(f'record {num_read} is a '
+                              f'{type(record).__name__}, not bytes')
+          if num_read == self.num_records:
+            raise self._error(f'more than {self.num_records} records, as '
+                              'its header says')
+          yield record
+          num_read += 1
+        del stack[first - (name == 'APPENDS'):]
+      elif name == 'REDUCE':
+        args = stack.pop()
+        stack.append(_Reduce(stack.pop(), args))
+      elif name == 'BUILD':
+        state = stack.pop()
+        stack.append(_Build(stack.pop(), state))
+      elif name == 'STOP':
+        if len(stack) != 1:
+          raise self._error('a malformed pickle')
+        return stack[0], num_read
+      else:
+        raise self._error(f'refusing the pickle opcode {name} at byte '
+                          f'{position}; np.save of an object array of bytes '
+                          'does not write it')
+      last_name, last_position = name, position
+    raise self._error('the pickle ends without STOP')
+
+  def _check_array(self, result, num_read: int) -> None:
+    """The pickle is _reconstruct(ndarray, (0,), b'b') built with the state
+    (1, (num_records,), dtype('O8', ...), fortran, the records)."""
     try:
-      records = _RestrictedUnpickler(reader, path).load()
-    except BlockRecordsError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except
-      raise BlockRecordsError(f'{path}: cannot unpickle the records ({e!r})'
-                              ) from e
-    if reader.read(1):
-      raise BlockRecordsError(f'{path}: data after the pickled array')
-  if (not isinstance(records, np.ndarray) or records.dtype != object
-      or records.shape != (num_records,)):
-    raise BlockRecordsError(f'{path}: the pickle holds no object array of '
-                            f'shape ({num_records},), as its header says')
-  for i, record in enumerate(records):
-    if not isinstance(record, bytes):
-      raise BlockRecordsError(f'{path}: record {i} is a {type(record)}, '
-                              'not bytes')
-  return records, f'sha256:{reader.digest.hexdigest()}'
+      reconstruct, state = result.obj, result.state
+      ok = (reconstruct.func.name in _RECONSTRUCT
+            and reconstruct.args[0] == _Global(_NDARRAY)
+            and state[1] == (self.num_records,)
+            and state[2].obj.func == _Global(_DTYPE)
+            and state[2].obj.args[0] == 'O8'
+            and state[4] is _RECORDS and num_read == self.num_records)
+    except (AttributeError, IndexError, TypeError):
+      ok = False
+    if not ok:
+      raise self._error(f'the pickle holds no object array of shape '
+                        f'({self.num_records},), as its header says '
+                        f'({num_read} records read)')
+
+
+def _last_mark(stack: list[Any]) -> int:
+  for i in range(len(stack) - 1, -1, -1):
+    if stack[i] is _MARK:
+      return i
+  raise BlockRecordsError('a pickle opcode without its MARK')
 
 
 def _text(record: bytes, i: int, path, what: str = 'record') -> str:
@@ -187,7 +319,8 @@ def record_block(i: int, text: str, ids: Sequence[int],
 def write_corpus(path: str | os.PathLike[str], records: Iterable[bytes],
                  num_records: int, tokenizer: tokenization.Tokenizer,
                  tokenizer_file: str | os.PathLike[str], *, block_len: int,
-                 shard_size: int, source: Mapping[str, Any],
+                 shard_size: int,
+                 source: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
                  records_path: str | os.PathLike[str] = FILE_NAME,
                  titles: Iterable[bytes] | None = None,
                  titles_path: str | os.PathLike[str] | None = None,
@@ -197,7 +330,8 @@ def write_corpus(path: str | os.PathLike[str], records: Iterable[bytes],
   max_title_len word pieces) as a corpus folder at `path`, atomically
   (corpus.atomic_folder: a killed write leaves no folder, and the next
   call starts again). `source` goes into the manifest (its `fingerprint`
-  into the index manifests the builder writes). Records or titles other
+  into the index manifests the builder writes); a callable is called once
+  every record is read (BlockRecords' fingerprint is known then). Records or titles other
   than num_records raise BlockRecordsError naming their file. Returns the
   manifest."""
   start_time = time.time()
@@ -255,7 +389,7 @@ def write_corpus(path: str | os.PathLike[str], records: Iterable[bytes],
             mean_body_len=body_len_sum / num_records,
             max_body_len=max_body_len,
             blocks_per_document=1.0),
-        source=dict(source),
+        source=dict(source() if callable(source) else source),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
         wall_time_s=time.time() - start_time)
     manifest['files'] = corpus_lib.file_checksums(temporary)

@@ -80,7 +80,7 @@ params {'reader': {'encoder', 'mlm_head', 'span_head' (fresh)}}, for
 
 Memory: block_emb stays memory-mapped (torch.load(mmap=True), or the
 encoded.ckpt data file) and is copied a chunk at a time; block_records.npy
-is read whole (as np.load would), blocks.tfr streamed; building and
+and blocks.tfr are streamed (a batch of records in memory); building and
 publishing the index holds it as any index build does.
 """
 from collections.abc import Callable
@@ -463,13 +463,14 @@ def import_open_qa(checkpoint_dir: str, workdir: str, *,
                           if embedder_dir else '')
 
   def write_corpus(corpus_dir, tokenizer):
-    records, fingerprint = block_records_lib.read_block_records(records_path)
+    records = block_records_lib.BlockRecords(records_path)
     return block_records_lib.write_corpus(
         corpus_dir, records, num_records, tokenizer,
         checkpoint_dir / VOCAB_FILE, block_len=block_len,
         shard_size=shard_size,
-        source=dict(format='block_records', path=str(records_path.resolve()),
-                    fingerprint=fingerprint, inputs=source),
+        source=lambda: dict(format='block_records',
+                            path=str(records_path.resolve()),
+                            fingerprint=records.fingerprint, inputs=source),
         records_path=records_path)
 
   return _make_workdir(

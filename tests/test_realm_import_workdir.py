@@ -5,6 +5,7 @@ The reference is a tiny random RealmForOpenQA over ten real sentences, with
 a vocab.txt of their words, saved as the released repos are (save_pretrained,
 block_records.npy, the tokenizer); nothing is downloaded.
 """
+import hashlib
 import json
 import os
 import pathlib
@@ -251,9 +252,12 @@ def test_block_records_round_trip(tmp_path):
   records = np.array([b'one', '\u00e9t\u00e9'.encode(), b'one', b''],
                      dtype=object)
   np.save(tmp_path / 'records.npy', records)
-  read, fingerprint = block_records.read_block_records(tmp_path / 'records.npy')
-  assert read.tolist() == records.tolist()
-  assert fingerprint.startswith('sha256:')
+  reader = block_records.BlockRecords(tmp_path / 'records.npy')
+  assert reader.num_records == 4 and reader.fingerprint is None
+  # b'one' twice is one object: pickled once, then as a memo reference.
+  assert list(reader) == records.tolist()
+  assert reader.fingerprint == 'sha256:' + hashlib.sha256(
+      (tmp_path / 'records.npy').read_bytes()).hexdigest()
   assert block_records.num_block_records(tmp_path / 'records.npy') == 4
 
 
@@ -272,8 +276,57 @@ def test_block_records_in_numpy_1_layout(tmp_path):
       b'numpy._core.multiarray\n', b'numpy.core.multiarray\n')
   assert b'numpy.core.multiarray' in payload
   path = _npy_of_pickle(tmp_path / 'records.npy', payload, 2)
-  assert block_records.read_block_records(path)[0].tolist() == [
-      b'a block', b'another']
+  assert list(block_records.BlockRecords(path)) == [b'a block', b'another']
+
+
+@pytest.mark.parametrize('protocol', [3, 4, 5])
+def test_block_records_stream_in_order(tmp_path, protocol):
+  """Several APPENDS batches, repeated objects (memo references to records
+  of earlier batches), the FRAME/MEMOIZE/STACK_GLOBAL opcodes of protocols
+  4-5; records are handed out before the file is read to its end."""
+  shared = b'shared record'
+  records = np.array([f'block {i}'.encode() for i in range(2500)],
+                     dtype=object)
+  records[[7, 1500, 2499]] = shared
+  records[[3, 2100]] = b''
+  payload = pickle.dumps(records, protocol=protocol)
+  path = _npy_of_pickle(tmp_path / 'records.npy', payload, len(records))
+  assert list(block_records.BlockRecords(path)) == records.tolist()
+  # Truncated: the first batch is out before the error.
+  truncated = _npy_of_pickle(tmp_path / 'truncated.npy',
+                             payload[:len(payload) // 2], len(records))
+  read = []
+  with pytest.raises(block_records.BlockRecordsError,
+                     match=r'truncated\.npy: cannot read the pickle'):
+    for record in block_records.BlockRecords(truncated):
+      read.append(record)
+  assert read and read == records.tolist()[:len(read)]
+
+
+def test_block_records_refuse_other_arrays(tmp_path):
+  """A str record, a count other than the header's, a dict."""
+  path = _npy_of_pickle(tmp_path / 'str.npy', pickle.dumps(
+      np.array([b'a', 'text'], dtype=object), protocol=3), 2)
+  with pytest.raises(block_records.BlockRecordsError,
+                     match=r'str\.npy: record 1 is a str, not bytes'):
+    list(block_records.BlockRecords(path))
+  payload = pickle.dumps(np.array([b'a', b'b', b'c'], dtype=object),
+                         protocol=3)
+  path = _npy_of_pickle(tmp_path / 'fewer.npy', payload, 4)
+  with pytest.raises(block_records.BlockRecordsError,
+                     match=r'fewer\.npy: the pickle holds no object array '
+                     r'of shape \(4,\)'):
+    list(block_records.BlockRecords(path))
+  path = _npy_of_pickle(tmp_path / 'more.npy', payload, 2)
+  with pytest.raises(block_records.BlockRecordsError,
+                     match=r'more\.npy: more than 2 records'):
+    list(block_records.BlockRecords(path))
+  path = _npy_of_pickle(tmp_path / 'dict.npy', pickle.dumps(
+      np.array([{'a': b'b'}], dtype=object), protocol=3))
+  with pytest.raises(block_records.BlockRecordsError,
+                     match=r'dict\.npy: refusing the pickle opcode '
+                     r'EMPTY_DICT'):
+    list(block_records.BlockRecords(path))
 
 
 class _Exploit:
@@ -291,17 +344,17 @@ def test_block_records_refuse_code(tmp_path):
   with pytest.raises(block_records.BlockRecordsError,
                      match=r'block_records\.npy: refusing to unpickle '
                      r'(posix|os)\.system'):
-    block_records.read_block_records(path)
+    list(block_records.BlockRecords(path))
   assert not marker.exists()
   # Not an object array, or not .npy at all.
   np.save(tmp_path / 'floats.npy', np.zeros(3))
   with pytest.raises(block_records.BlockRecordsError,
                      match=r'floats\.npy: a float64 array'):
-    block_records.read_block_records(tmp_path / 'floats.npy')
+    block_records.BlockRecords(tmp_path / 'floats.npy')
   (tmp_path / 'text.npy').write_text('hello')
   with pytest.raises(block_records.BlockRecordsError,
                      match=r'text\.npy: not a \.npy file'):
-    block_records.read_block_records(tmp_path / 'text.npy')
+    block_records.BlockRecords(tmp_path / 'text.npy')
 
 
 # --- errors ------------------------------------------------------------------
