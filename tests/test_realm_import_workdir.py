@@ -12,6 +12,8 @@ import pathlib
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
@@ -432,3 +434,38 @@ def test_finetuning_from_an_import_takes_its_index(imported, tmp_path):
   np.testing.assert_array_equal(
       index.vectors(np.arange(len(RECORDS))), block_emb)
 
+
+
+def test_realm_evaluate_scores_an_import(imported, tmp_path):
+  """realm-evaluate --config=configs/evaluate.py:nq_open on an imported
+  workdir: its exact match and recall are those of transformers' answers
+  and retrievals (half the questions given transformers' answer, half an
+  answer no block holds)."""
+  _, workdir, model, tokenizer = imported
+  examples, expected_recall = [], []
+  for i, question in enumerate(QUESTIONS):
+    retrieved, block, answer_ids = _transformers_answer(model, tokenizer,
+                                                        question)
+    answer_text = tokenizer.decode(answer_ids)
+    gold = answer_text if i % 2 == 0 else 'zzyzx quux'
+    examples.append(dict(question=question, answer=[gold]))
+    expected_recall.append(i % 2 == 0 and answer_text
+                           in RECORDS[retrieved[block]].lower())
+  data = tmp_path / 'questions.jsonl'
+  data.write_text(''.join(json.dumps(e) + '\n' for e in examples))
+  output = tmp_path / 'eval' / 'questions.jsonl'
+  subprocess.run(
+      [sys.executable, '-m', 'realm_jax.jobs.evaluate',
+       '--config=configs/evaluate.py:nq_open', f'--workdir={workdir}',
+       f'--config.data={data}', f'--config.output={output}',
+       '--config.recall_ks=(1,2)'],
+      check=True, capture_output=True, text=True,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      cwd=pathlib.Path(__file__).parent.parent)
+  metrics = json.loads((tmp_path / 'eval' /
+                        'questions_metrics.json').read_text())
+  assert metrics['exact_match'] == pytest.approx(3 / 5)
+  # The block read holds the answer, so it is within the top 2 blocks.
+  assert metrics['recall@2'] == pytest.approx(np.mean(expected_recall))
+  records = [json.loads(line) for line in output.read_text().splitlines()]
+  assert [r['correct'] for r in records] == [True, False, True, False, True]
