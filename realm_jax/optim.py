@@ -108,13 +108,14 @@ def make_optimizer(config: ml_collections.ConfigDict,
                                     warmup_steps(config, num_train_steps))
   adamw = optax.adamw if config.bias_correction else uncorrected_adamw
   # Only when asked: an extra transform changes the optimizer state's tree.
-  retriever = ([optax.masked(optax.scale(config.retriever_lr_scale),
-                             retriever_mask)]
-               if config.retriever_lr_scale != 1.0 else [])
+  scales = [optax.masked(optax.scale(factor), mask) for factor, mask in (
+      (config.retriever_lr_scale, retriever_mask),
+      (config.temperature_lr_scale, log_scale_mask))
+            if factor != 1.0]
   return optax.chain(
       optax.clip_by_global_norm(config.clip_norm),
       adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-            weight_decay=config.weight_decay, mask=decay_mask), *retriever)
+            weight_decay=config.weight_decay, mask=decay_mask), *scales)
 
 
 def retriever_mask(params):
@@ -124,11 +125,19 @@ def retriever_mask(params):
   return jax.tree_util.tree_map_with_path(of_retriever, params)
 
 
+def log_scale_mask(params):
+  """True for the retriever towers' learned score scales (log_scale)."""
+  def is_log_scale(path, _):
+    return str(getattr(path[-1], 'key', path[-1])) == 'log_scale'
+  return jax.tree_util.tree_map_with_path(is_log_scale, params)
+
+
 def validate(config: ml_collections.ConfigDict, num_train_steps: int) -> None:
   """The optimizer config's fields a run cannot use."""
   warmup = config.warmup_steps
-  config_lib.check(config.retriever_lr_scale > 0,
-                   'optimizer.retriever_lr_scale', 'must be > 0')
+  for field in ('retriever_lr_scale', 'temperature_lr_scale'):
+    config_lib.check(config[field] > 0, f'optimizer.{field}',
+                     'must be > 0')
   config_lib.check(
       warmup == REFERENCE_WARMUP or 0 <= warmup <= num_train_steps,
       'optimizer.warmup_steps', f'{warmup} is neither -1 (the reference '
@@ -164,4 +173,9 @@ def optimizer_config(learning_rate: float) -> ml_collections.ConfigDict:
       # The retriever's step relative to the reader's (REALM: 1). Adam makes
       # a noisy gradient a full-size step; while a small reader cannot yet
       # use its evidence, that walks the ICT retriever away.
-      retriever_lr_scale=1.0))
+      retriever_lr_scale=1.0,
+      # The learned score scales' step (model.learn_temperature) relative
+      # to the rest of their tower's (so times retriever_lr_scale): Adam
+      # moves a scalar by about the learning rate a step, 3e-5 a step
+      # would leave the temperature where it started.
+      temperature_lr_scale=1.0))

@@ -251,3 +251,37 @@ def test_retriever_lr_scale_scales_only_the_retrievers_steps():
   with pytest.raises(config_lib.ConfigError,
                      match=r'config\.optimizer\.retriever_lr_scale'):
     optim.validate(config, num_train_steps=10)
+
+
+def test_temperature_lr_scale_scales_the_log_scales_on_top():
+  """log_scale's step is temperature_lr_scale x retriever_lr_scale x what
+  it would be; the rest of the retriever only retriever_lr_scale x."""
+  tower = lambda value: {'kernel': jnp.full((2, 3), value),
+                         'log_scale': jnp.asarray(value)}
+  params = {'retriever': {'doc_tower': tower(1.0)},
+            'reader': {'kernel': jnp.ones((2, 3))}}
+  grads = {'retriever': {'doc_tower': tower(0.1)},
+           'reader': {'kernel': jnp.full((2, 3), 0.1)}}
+  config = optim.optimizer_config(learning_rate=1e-2)
+  config.warmup_steps = 0
+  steps = {}
+  for retriever, temperature in ((1.0, 1.0), (3.0, 100.0)):
+    config.retriever_lr_scale = retriever
+    config.temperature_lr_scale = temperature
+    tx = optim.make_optimizer(config, num_train_steps=10)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    steps[temperature] = jax.tree.map(np.asarray, updates)
+  base, scaled = steps[1.0], steps[100.0]
+  np.testing.assert_allclose(scaled['retriever']['doc_tower']['log_scale'],
+                             300 * base['retriever']['doc_tower']['log_scale'],
+                             rtol=1e-5)
+  np.testing.assert_allclose(scaled['retriever']['doc_tower']['kernel'],
+                             3 * base['retriever']['doc_tower']['kernel'],
+                             rtol=1e-5)
+  np.testing.assert_array_equal(scaled['reader']['kernel'],
+                                base['reader']['kernel'])
+  assert abs(base['retriever']['doc_tower']['log_scale']) > 0
+  config.temperature_lr_scale = -1.0
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config\.optimizer\.temperature_lr_scale'):
+    optim.validate(config, num_train_steps=10)

@@ -150,6 +150,21 @@ def test_relative_null_document_scores_the_mean_block_plus_an_offset():
   assert abs(float(grads['null_offset'])) > 1e-6
 
 
+def test_learned_temperature_is_logged():
+  """With model.learn_temperature the loss reports the temperature the
+  scores are divided by: 1 / (query scale x document scale)."""
+  config = _model_config()
+  config.update(score='cosine', learn_temperature=True, share_towers=False)
+  model = models.REALM(config, rngs=nnx.Rngs(0))
+  model.retriever.query_tower.log_scale.set_value(jnp.asarray(1.0))
+  model.retriever.doc_tower.log_scale.set_value(jnp.asarray(0.5))
+  graphdef, state = nnx.split(model)
+  _, metrics = jax.jit(lambda p: realm_objective.loss(
+      p, _batch(), None, graphdef))(nnx.to_pure_dict(state))
+  np.testing.assert_allclose(metrics['retrieval_temperature'],
+                             np.exp(-1.5), rtol=1e-6)
+
+
 def test_null_document_field_is_checked():
   config = job_config('pretrain')
   config.null_document = 'none'
@@ -308,9 +323,9 @@ def bert_workdirs(tmp_path_factory):
   ict_config.update_from_flattened_dict({
       'corpus_dir': str(root / 'corpus'),
       'init.bert_checkpoint': str(checkpoint), 'model.pooling': 'mean',
-      'lengths.block_len': 64, 'lengths.query_len': 32,
-      'lengths.joint_len': 96, 'lengths.max_title_len': 16, 'batch_size': 8,
-      'num_train_steps': 3,
+      'model.score': 'cosine', 'lengths.block_len': 64,
+      'lengths.query_len': 32, 'lengths.joint_len': 96,
+      'lengths.max_title_len': 16, 'batch_size': 8, 'num_train_steps': 3,
       'optimizer.learning_rate': 1e-2})
   ict.train_and_evaluate(ict_config, str(ict_workdir))
   return checkpoint, root / 'corpus', ict_workdir
@@ -320,9 +335,10 @@ def _bert_pretrain_config(checkpoint, corpus_dir, **overrides):
   config = job_config('pretrain')
   config.update_from_flattened_dict({
       'corpus_dir': str(corpus_dir), 'init.bert_checkpoint': str(checkpoint),
-      'model.pooling': 'mean', 'lengths.block_len': 64,
-      'lengths.query_len': 32, 'lengths.joint_len': 96,
-      'lengths.max_title_len': 16, 'masking.kind': 'random_tokens',
+      'model.pooling': 'mean', 'model.score': 'cosine',
+      'lengths.block_len': 64, 'lengths.query_len': 32,
+      'lengths.joint_len': 96, 'lengths.max_title_len': 16,
+      'masking.kind': 'random_tokens',
       'batch_size': 8, 'index.wait_seconds': 0.2,
       # Step 0 is committed before the run gives up waiting for an index.
       'checkpoint.async_save': False, **overrides})
@@ -351,11 +367,15 @@ def test_pretrain_inits_from_bert_then_from_ict(bert_workdirs, tmp_path):
                                  if k != 'pooler'}
   # Without a builder beside it the run stops waiting for its first index,
   # after saving step 0: the initial parameters.
-  for name, init_from in (('bert', ''), ('bert_ict', str(ict_workdir))):
+  # The third learns the temperature ICT scored with (0.05, fixed).
+  for name, init_from, learn in (('bert', '', False),
+                                 ('bert_ict', str(ict_workdir), False),
+                                 ('bert_ict_learned', str(ict_workdir), True)):
     workdir = tmp_path / name
     with pytest.raises(TimeoutError):
       pretrain.train_and_evaluate(_bert_pretrain_config(
-          checkpoint, corpus_dir, init_from=init_from), str(workdir))
+          checkpoint, corpus_dir, init_from=init_from,
+          **{'model.learn_temperature': learn}), str(workdir))
     params = _step0_params(workdir)
     # The reader (encoder and MLM head) is BERT's either way.
     reader = params['reader']
@@ -368,6 +388,10 @@ def test_pretrain_inits_from_bert_then_from_ict(bert_workdirs, tmp_path):
                                   head['reader']['mlm_head']['output_bias'])
     assert np.abs(reader['mlm_head']['output_bias']).max() > 0.1  # not fresh
     retriever = params['retriever']['doc_tower']
+    assert ('log_scale' in retriever) == learn
+    if learn:
+      np.testing.assert_allclose(retriever.pop('log_scale'),
+                                 -0.5 * np.log(0.05), rtol=1e-6)
     if init_from:  # ... and the retriever is ICT's (trained 3 steps).
       manager = checkpointing.make_manager(ict_workdir / 'checkpoints',
                                            read_only=True)
@@ -391,6 +415,14 @@ def test_init_from_run_must_agree_on_the_retriever(bert_workdirs, tmp_path):
   with pytest.raises(config_lib.ConfigError,
                      match=r'config\.model\.pooling: cls != mean'):
     pretrain.train_and_evaluate(config, str(tmp_path / 'w'))
+  # Learning the temperature from ICT's fixed one: it must be ICT's.
+  config = _bert_pretrain_config(checkpoint, corpus_dir,
+                                 init_from=str(ict_workdir),
+                                 **{'model.learn_temperature': True,
+                                    'model.score_temperature': 0.1})
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config\.model\.score_temperature: 0\.1 != 0\.05'):
+    pretrain.train_and_evaluate(config, str(tmp_path / 'w2'))
 
 
 def test_fact_found_is_a_candidate_holding_the_masked_span(

@@ -43,6 +43,45 @@ from realm_jax.retrieval import workspace
 _RETRIEVER_FIELDS = (*workspace.PARAMETER_FIELDS, 'share_towers')
 
 
+def _init_part(model_config, part, field, run, fields, fresh, abstract):
+  """params[part] from the run in `run`, which must agree on `fields`.
+
+  A run that learns the retriever's temperature may start from one that
+  scored with a fixed one (ICT's default): its towers' log_scale then keep
+  their fresh value, the scale of score_temperature, which must be that
+  run's."""
+  theirs = workspace.read_config(run).model
+  adds_temperature = (part == 'retriever' and model_config.learn_temperature
+                      and not theirs.learn_temperature)
+  if adds_temperature:
+    fields = (*(f for f in fields if f != 'learn_temperature'),
+              'score_temperature')
+  workspace.check_init_run(model_config, run, fields)
+  if not adds_temperature:
+    return checkpointing.restore_from_run(run, field, ('params', part),
+                                          abstract)
+  restored = checkpointing.restore_from_run(
+      run, field, ('params', part), _without_log_scale(abstract))
+  logging.info('The retriever learns its temperature, from %s\'s %s',
+               run, model_config.score_temperature)
+  return _with_fresh(fresh, restored)
+
+
+def _without_log_scale(tree):
+  if not isinstance(tree, dict):
+    return tree
+  return {k: _without_log_scale(v) for k, v in tree.items()
+          if k != 'log_scale'}
+
+
+def _with_fresh(fresh, restored):
+  """`restored`, with `fresh`'s leaves where it has none."""
+  if not isinstance(fresh, dict):
+    return restored
+  return {k: _with_fresh(v, restored[k]) if k in restored else v
+          for k, v in fresh.items()}
+
+
 QUERY_EMBEDDERS = ('current', 'index')
 _EVAL_SEED_OFFSET = 1_000_003  # eval queries: a stream of their own
 
@@ -135,10 +174,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
          workspace.READER_FIELDS),
         ('retriever', 'init_from', config.init_from, _RETRIEVER_FIELDS)):
       if run:
-        workspace.check_init_run(config.model, run, fields)
-        trainer.params = dict(trainer.params, **{
-            part: checkpointing.restore_from_run(
-                run, field, ('params', part), abstract[part])})
+        trainer.params = dict(trainer.params, **{part: _init_part(
+            config.model, part, field, run, fields, trainer.params[part],
+            abstract[part])})
     trainer.save()  # step 0: the index builder's first document tower
 
   examples = None

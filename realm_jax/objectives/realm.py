@@ -121,4 +121,11 @@ def loss(params, batch, dropout_key, graphdef, null_document='embedded'):
     holds = batch['candidate_holds_span'].astype(jnp.float32)
     metrics.update(holder_prior=(p_z * holds).sum(-1).mean(),
                    holder_posterior=(posterior * holds).sum(-1).mean())
+  retriever = model.retriever
+  if retriever.doc_tower.learns_scale:
+    # scores = cosine / temperature (models.RetrieverTower).
+    query_tower = (retriever.doc_tower if retriever.share_towers
+                   else retriever.query_tower)
+    metrics['retrieval_temperature'] = jnp.exp(
+        -query_tower.log_scale[...] - retriever.doc_tower.log_scale[...])
   return loss_value, metrics
