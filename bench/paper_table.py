@@ -102,8 +102,12 @@ FULL = dict(
     # Lockstep refresh (every 50 steps: 3 index versions after the start's):
     # on 2 cores a builder re-embedding without pause would take a core from
     # the trainer, and a run repeats exactly whatever the builder's speed.
+    # fresh_eval: held-out fact recall searches the index of the step it
+    # evaluates (shared towers: a stale index with moved queries would
+    # measure the staleness); in lockstep, training waits for it anyway.
     realm_refresh=['--config.checkpoint.every_steps=50',
-                   '--config.index.refresh_every_steps=50'],
+                   '--config.index.refresh_every_steps=50',
+                   '--config.index.fresh_eval=true'],
     finetune=['--config.num_train_steps=746', '--config.batch_size=8',
               '--config.retriever_beam_size=50', '--config.reader_beam_size=3',
               '--config.lengths.reader_len=256',
@@ -120,7 +124,8 @@ QUICK = dict(
     realm=['--config.num_train_steps=4', '--config.batch_size=4',
            '--config.eval_batches=1'],
     realm_refresh=['--config.checkpoint.every_steps=2',
-                   '--config.index.refresh_every_steps=2'],
+                   '--config.index.refresh_every_steps=2',
+                   '--config.index.fresh_eval=true'],
     finetune=['--config.num_train_steps=4', '--config.batch_size=4',
               '--config.retriever_beam_size=10', '--config.reader_beam_size=2',
               '--config.lengths.reader_len=128'],
