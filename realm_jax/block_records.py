@@ -210,10 +210,11 @@ class BlockRecords:
         if name == 'STACK_GLOBAL':
           arg = f'{stack.pop(-2)} {stack.pop()}'
         if arg not in _ALLOWED_GLOBALS:
+          allowed = sorted(g.replace(' ', '.') for g in _ALLOWED_GLOBALS)
           raise self._error(
               f'refusing to unpickle {arg.replace(" ", ".")}; a block '
               'records file is np.save of an object array of bytes, which '
-              f'names only {sorted(g.replace(" ", ".") for g in _ALLOWED_GLOBALS)}')
+              f'names only {allowed}')
         stack.append(_Global(arg))
       elif name == 'TUPLE':
         mark = _last_mark(stack)
@@ -331,9 +332,9 @@ def write_corpus(path: str | os.PathLike[str], records: Iterable[bytes],
   (corpus.atomic_folder: a killed write leaves no folder, and the next
   call starts again). `source` goes into the manifest (its `fingerprint`
   into the index manifests the builder writes); a callable is called once
-  every record is read (BlockRecords' fingerprint is known then). Records or titles other
-  than num_records raise BlockRecordsError naming their file. Returns the
-  manifest."""
+  every record is read (BlockRecords' fingerprint is known then). Records
+  or titles other than num_records raise BlockRecordsError naming their
+  file. Returns the manifest."""
   start_time = time.time()
   tokenizer_file = pathlib.Path(tokenizer_file)
   with corpus_lib.atomic_folder(path, False, 'delete it') as temporary:

@@ -43,8 +43,9 @@ from realm_jax.retrieval import workspace
 _RETRIEVER_FIELDS = (*workspace.PARAMETER_FIELDS, 'share_towers')
 
 
-def _init_part(model_config, part, field, run, fields, fresh, abstract):
-  """params[part] from the run in `run`, which must agree on `fields`.
+def _init_part(model_config, part, field, run, fields, fresh):
+  """params[part] (`fresh`: this run's) from the run in `run`, which must
+  agree on `fields`.
 
   A run that learns the retriever's temperature may start from one that
   scored with a fixed one (ICT's default): its towers' log_scale then keep
@@ -57,6 +58,7 @@ def _init_part(model_config, part, field, run, fields, fresh, abstract):
     fields = (*(f for f in fields if f != 'learn_temperature'),
               'score_temperature')
   workspace.check_init_run(model_config, run, fields)
+  abstract = checkpointing.abstract(fresh)
   if not adds_temperature:
     return checkpointing.restore_from_run(run, field, ('params', part),
                                           abstract)
@@ -167,16 +169,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                            null_offset=config.null_document == 'relative'),
       frozen=(lambda path: path[0] == 'retriever') if config.freeze_retriever
       else None)
-  if trainer.fresh_start:  # BERT (in Trainer), then the MLM reader, ICT's
-    abstract = checkpointing.abstract(trainer.params)  # retriever
+  # A fresh start: BERT (in Trainer), then the MLM reader, ICT's retriever.
+  if trainer.fresh_start:
     for part, field, run, fields in (
         ('reader', 'init.reader_from', config.init.reader_from,
          workspace.READER_FIELDS),
         ('retriever', 'init_from', config.init_from, _RETRIEVER_FIELDS)):
       if run:
         trainer.params = dict(trainer.params, **{part: _init_part(
-            config.model, part, field, run, fields, trainer.params[part],
-            abstract[part])})
+            config.model, part, field, run, fields, trainer.params[part])})
     trainer.save()  # step 0: the index builder's first document tower
 
   examples = None
