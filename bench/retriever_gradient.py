@@ -54,15 +54,29 @@ def total(sums):
   return sum(s for _, s in sums)
 
 
-def signal_to_noise(sums) -> float:
-  """Per-query |mu|^2 / sigma^2 from [(n_c, S_c)] chunk gradient sums of
-  independent queries (module docstring)."""
-  n = np.array([c for c, _ in sums], float)
-  sq = sum(float(s @ s) for _, s in sums)
-  t = total(sums)
-  mu2 = (float(t @ t) - sq) / (n.sum() ** 2 - (n ** 2).sum())
+def _ratio(n, sq, tt):
+  """|mu|^2 / sigma^2 from chunk sizes n, sum |S_c|^2 and |T|^2."""
+  mu2 = (tt - sq) / (n.sum() ** 2 - (n ** 2).sum())
   sigma2 = (sq - (n ** 2).sum() * mu2) / n.sum()
   return mu2 / sigma2
+
+
+def signal_to_noise(sums) -> tuple[float, float]:
+  """Per-query |mu|^2 / sigma^2 from [(n_c, S_c)] chunk gradient sums of
+  independent queries (module docstring), and its jackknife standard
+  error over chunks."""
+  n = np.array([c for c, _ in sums], float)
+  norms = np.array([float(s @ s) for _, s in sums])
+  t = total(sums)
+  dots = np.array([float(t @ s) for _, s in sums])
+  tt = float(t @ t)
+  r = _ratio(n, norms.sum(), tt)
+  keep = ~np.eye(len(sums), dtype=bool)
+  loo = np.array([_ratio(n[keep[c]], norms.sum() - norms[c],
+                         tt - 2 * dots[c] + norms[c])
+                  for c in range(len(sums))])
+  se = np.sqrt((len(sums) - 1) / len(sums) * ((loo - loo.mean()) ** 2).sum())
+  return float(r), float(se)
 
 
 def batch_cosine(r: float, batch: int) -> float:
@@ -170,9 +184,9 @@ def main():
     return out
 
   def report_noise(name, sums):
-    r = signal_to_noise(sums)
-    print(f'{name}: per-query signal/noise {r:.2e}; a batch of 8 points at '
-          f'cos {batch_cosine(r, 8):.3f}, of 512 at '
+    r, se = signal_to_noise(sums)
+    print(f'{name}: per-query signal/noise {r:.2e} +- {se:.1e}; a batch of '
+          f'8 points at cos {batch_cosine(r, 8):.3f}, of 512 at '
           f'{batch_cosine(r, 512):.3f} to the mean; '
           f'{1 / r if r > 0 else float("inf"):.0f} queries for signal = noise')
     return r
@@ -239,7 +253,9 @@ def main():
     # in these dimensions) shrinks the cosine by its cosine to its mean.
     shrink = batch_cosine(r_realm, N) * batch_cosine(r_qa, len(questions))
     print('cos(realm, question->gold) of the mean gradients, corrected for '
-          f'both estimates\' noise: {cos(g_realm, g_qa) / shrink:+.2f}')
+          'both estimates\' noise: ' + (
+              f'{cos(g_realm, g_qa) / shrink:+.2f}' if shrink > 0 else
+              'undefined (no signal measured in one of them)'))
 
 
 if __name__ == '__main__':
