@@ -20,10 +20,12 @@ sqrt(B r / (1 + B r)) to the mean gradient, r = |mu|^2 / sigma^2, and
 
   python bench/retriever_gradient.py --bed WORKDIR  # WORKDIR/{corpus,mlm,ict}
   python bench/retriever_gradient.py --bed W --reader W/mlm --retriever RUN
-  python bench/retriever_gradient.py --bed W --questions Q.jsonl \
-      --queries=256 --candidates=4 --joint_len=256 --query_len=48 --chunk=8
+  # SQuAD-open, the paper table's stages (B/{corpus,mlm,ict}) and a REALM run:
+  python bench/retriever_gradient.py --bed B --examples REALM_RUN/examples \
+      --questions W/data/finetune.jsonl --queries=256 --candidates=4 \
+      --joint_len=256 --query_len=96 --chunk=8 --null_document=relative
 
-Measured: README, The learning test bed, and the paper table's section.
+Measured: README, The learning test bed, and REALM on SQuAD-open.
 """
 import argparse
 import json
@@ -197,6 +199,7 @@ def main():
   n_has = int(has.sum())
   # Chunks never straddle the holder / no-holder boundary unless n_has is
   # not a multiple of the chunk; then the straddling chunk counts as holder.
+  # (Chunks grouped by holder status bias the noise estimates by O(chunk/N).)
   holder_chunks = -(-n_has // args.chunk)
   g_realm = total(realm_sums)
   g_realm_h = total(realm_sums[:holder_chunks])
