@@ -296,10 +296,11 @@ class Driver:
            f'--config.corpus_dir={corpus}', f'--config.init_from={ict}',
            f'--config.init.reader_from={mlm}',
            f'--config.masking.kind={REALM_MASKS[name]}', *self.model_flags,
-           *self.settings['realm'], *self.realm_flags,
+           *self.settings['realm'],
            # A frozen index never refreshes: no step may wait for one.
            *(self.settings['realm_refresh']
-             if name != 'realm_frozen_index' else [])], cwd=REPO,
+             if name != 'realm_frozen_index' else []),
+           *self.realm_flags], cwd=REPO,  # last: a variant overrides all
           stdout=open(path / 'job.log', 'a'),  # pylint: disable=consider-using-with
           stderr=subprocess.STDOUT)
       try:

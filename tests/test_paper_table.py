@@ -33,8 +33,10 @@ def test_standard_errors_and_paired_differences():
 @pytest.mark.slow
 def test_quick_table_runs_every_row_and_resumes(shared_data, tmp_path):
   workdir = tmp_path / 'table'
-  # The REALM stages with a variant's flag (the relative null document).
-  realm_flags = '--config.null_document=relative'
+  # The REALM stages with a variant's flags (the relative null document;
+  # one the driver sets too, which the variant's overrides).
+  realm_flags = ('--config.null_document=relative '
+                 '--config.index.fresh_eval=false')
   command = [sys.executable, str(REPO_ROOT / 'bench' / 'paper_table.py'),
              '--quick', f'--data={shared_data}', f'--workdir={workdir}',
              f'--realm-flags={realm_flags}']
@@ -55,8 +57,9 @@ def test_quick_table_runs_every_row_and_resumes(shared_data, tmp_path):
   assert not any('em' in r['splits']['heldout'] for r in zero_shot.values())
   assert not list(workdir.glob('ft_*'))
   assert all(r['realm_flags'] == realm_flags for r in zero_shot.values())
-  assert json.loads((workdir / 'realm' / 'config.json').read_text())[
-      'null_document'] == 'relative'
+  realm_config = json.loads((workdir / 'realm' / 'config.json').read_text())
+  assert realm_config['null_document'] == 'relative'
+  assert realm_config['index']['fresh_eval'] is False
   assert '| not run |' in (workdir / 'paper_table.md').read_text()
 
   # The full run adds the fine-tuning, reusing the measured zero-shot parts.
