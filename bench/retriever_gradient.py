@@ -141,9 +141,14 @@ def main():
     params['null_offset'] = load(reader_run, 'null_offset')
   ret = nnx.merge(graphdef, params).retriever
   bv = re_._embed(ret.embed_blocks, re_._block_inputs(corpus), 64)
-  qv = re_._embed(ret.embed_queries, dict(
-      token_ids=q['query_ids'], segment_ids=np.zeros_like(q['query_ids']),
-      input_mask=q['query_mask']), 64)
+
+  def embed_queries(inputs):  # query_ids / query_mask, as both inputs have
+    return re_._embed(ret.embed_queries, dict(
+        token_ids=inputs['query_ids'],
+        segment_ids=np.zeros_like(inputs['query_ids']),
+        input_mask=inputs['query_mask']), 64)
+
+  qv = embed_queries(q)
   top = re_.exact_search(bv, qv, K + 4)
   chosen, valid = pi.choose_candidates(
       top, corpus.uid64(top).reshape(top.shape), q['source_uid64'], K)
@@ -220,9 +225,7 @@ def main():
     questions = [questions[i] for i in rng.permutation(len(questions))[:N]]
     qi = openqa_input.question_inputs(corpus.tokenizer,
                                       [x['question'] for x in questions], 96)
-    qqv = re_._embed(ret.embed_queries, dict(
-        token_ids=qi['query_ids'], segment_ids=np.zeros_like(qi['query_ids']),
-        input_mask=qi['query_mask']), 64)
+    qqv = embed_queries(qi)
     doc_ids = np.array([r['doc_id'] for r in corpus.records(
         np.arange(len(corpus)))])
     gold_of = {}
