@@ -42,6 +42,13 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   # retriever in memory). The candidates are re-scored with the current
   # parameters either way.
   config.query_embedder = 'current'
+  # Retrieval one step ahead: step s + 1's queries are embedded (with
+  # 'current': by the parameters entering step s) before step s is
+  # dispatched, then searched and featurized while the device runs step s.
+  # Checkpointed and evaluated steps are retrieved with their own
+  # parameters, so a resumed run retrieves what an uninterrupted one did.
+  # False: every step waits for its own embedding, search and features.
+  config.retrieve_ahead = True
   # The null document's score: 'embedded' (REALM: the document tower's
   # embedding of the empty block) | 'relative' (the mean score of the
   # retrieved blocks + a learned offset, so that the retriever is trained

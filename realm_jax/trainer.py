@@ -260,6 +260,39 @@ HostBatch = Callable[[int, PyTree], tuple[dict, Mapping[str, float]]]
 DEVICE_WAIT = 'device_wait_seconds'
 
 
+class OneStepAhead:
+  """A HostBatch whose device work is dispatched one step ahead.
+
+  `queue(step, params)` dispatches a step's device work (the query
+  embedding, an exact index's search of it) without waiting for it;
+  `finish(step, queued)` waits for that work and does the host work
+  (search on the host, featurization), returning (batch, host metrics).
+  Step s + 1's work is queued with the parameters entering step s, before
+  step s is dispatched, so its host work overlaps the device's step s
+  instead of queueing behind it. Where a run may resume (`resumes(step)`:
+  its checkpointed steps) a step's work is queued with that step's own
+  parameters, so a resumed run sees exactly the inputs an uninterrupted
+  one did; `usable(step, queued)` may refuse a queued result (e.g. one
+  searched in an index too stale for its step), which is then redone.
+  """
+
+  def __init__(self, queue: Callable[[int, PyTree], Any],
+               finish: Callable[[int, Any], tuple[dict, Mapping[str, float]]],
+               num_steps: int, resumes: Callable[[int], bool],
+               usable: Callable[[int, Any], bool] = lambda step, queued: True):
+    self.queue, self.finish, self.num_steps = queue, finish, num_steps
+    self.resumes, self.usable = resumes, usable
+    self._queued = {}  # step -> what queue returned
+
+  def __call__(self, step: int, params: PyTree):
+    queued = self._queued.pop(step, None)
+    if queued is None or self.resumes(step) or not self.usable(step, queued):
+      queued = self.queue(step, params)
+    if step + 1 < self.num_steps and not self.resumes(step + 1):
+      self._queued[step + 1] = self.queue(step + 1, params)
+    return self.finish(step, queued)
+
+
 class Trainer:
   """One training job in its workdir: the state, and the loop over it.
 

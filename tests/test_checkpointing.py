@@ -156,3 +156,30 @@ def test_clock_counts_reported_device_waits_as_device_time(monkeypatch):
   assert second['time/host_ms'] == pytest.approx(2e3)
   assert second['time/host_cpu_ms'] == pytest.approx(1.5e3)
   assert second['time/device_ms'] == pytest.approx(18e3)
+
+
+def test_one_step_ahead_queues_the_next_step_and_redoes_what_it_refuses():
+  """Step s + 1's work is queued with the parameters entering step s; at a
+  resumable step, or when `usable` refuses the queued work, it is redone
+  with the step's own parameters."""
+  queued = []
+
+  def queue(step, params):
+    queued.append((step, params))
+    return step, params
+
+  ahead = trainer.OneStepAhead(
+      queue, lambda step, q: (dict(step=q[0], params=q[1]), {}), num_steps=6,
+      resumes=lambda step: step == 3,
+      usable=lambda step, q: step != 5)  # e.g. searched in too old an index
+  batches = [ahead(step, f'p{step}')[0] for step in range(6)]
+  assert [b['step'] for b in batches] == list(range(6))
+  assert [b['params'] for b in batches] == ['p0', 'p0', 'p1', 'p3', 'p3',
+                                            'p5']
+  assert queued == [(0, 'p0'), (1, 'p0'), (2, 'p1'), (3, 'p3'), (4, 'p3'),
+                    (5, 'p4'), (5, 'p5')]
+  # Never ahead: every step its own.
+  never = trainer.OneStepAhead(queue, lambda step, q: (q, {}), num_steps=3,
+                               resumes=lambda step: True)
+  assert [never(step, f'p{step}')[0] for step in range(3)] == [
+      (0, 'p0'), (1, 'p1'), (2, 'p2')]

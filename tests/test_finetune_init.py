@@ -190,7 +190,7 @@ def test_retrieval_runs_one_step_ahead_except_at_checkpoints():
   featurize = lambda examples, query, vectors, dense_ids: dict(
       step=examples[0]['step'], query_step=query['step'], tower=vectors,
       dense_ids=dense_ids)
-  ahead = finetune.OneStepAhead(Questions(), embed, featurize, num_steps=6,
+  ahead = finetune.retrieve_ahead(Questions(), embed, featurize, num_steps=6,
                                 checkpoint_every=3)
   outputs = [ahead(step, f'entering {step}') for step in range(6)]
   towers = [batch['tower'] for batch, _ in outputs]
@@ -205,12 +205,12 @@ def test_retrieval_runs_one_step_ahead_except_at_checkpoints():
   assert towers == ['entering 0', 'entering 0', 'entering 1', 'entering 3',
                     'entering 3', 'entering 4']
   # Each call queues the next step's embedding before it returns (before
-  # its own step is dispatched); none is queued past the last step.
+  # its own step is dispatched); none is queued ahead for a checkpointed
+  # step (it would be redone) or past the last step.
   assert calls == [(0, 'entering 0'), (1, 'entering 0'), (2, 'entering 1'),
-                   (3, 'entering 2'), (3, 'entering 3'), (4, 'entering 3'),
-                   (5, 'entering 4')]
+                   (3, 'entering 3'), (4, 'entering 3'), (5, 'entering 4')]
   # A resumed run starting at checkpoint 3 retrieves what this one did.
-  resumed = finetune.OneStepAhead(Questions(), embed, featurize,
+  resumed = finetune.retrieve_ahead(Questions(), embed, featurize,
                                   num_steps=6, checkpoint_every=3)
   assert [resumed(step, f'entering {step}')[0]['tower']
           for step in range(3, 6)] == towers[3:]

@@ -472,6 +472,20 @@ def test_index_query_embedder_searches_with_the_index_checkpoint(tmp_path):
   assert pretrain.IndexRetriever(manager).get(3, current) is current
 
 
+def test_steps_where_a_run_may_resume_retrieve_with_their_own_parameters():
+  config = job_config('pretrain')
+  config.checkpoint.every_steps, config.eval_every_steps = 4, 6
+  config.eval_batches = 2
+  own = pretrain.retrieved_in_its_own_step(config)
+  assert [s for s in range(13) if own(s)] == [0, 4, 6, 8, 12]
+  config.eval_batches = 0  # no evaluation, no evaluated steps
+  own = pretrain.retrieved_in_its_own_step(config)
+  assert [s for s in range(13) if own(s)] == [0, 4, 8, 12]
+  config.retrieve_ahead = False
+  own = pretrain.retrieved_in_its_own_step(config)
+  assert all(own(s) for s in range(13))
+
+
 def test_query_embedder_field_is_checked():
   config = job_config('pretrain')
   config.query_embedder = 'stale'

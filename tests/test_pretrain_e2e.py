@@ -165,3 +165,30 @@ def test_sigkilled_pretrain_resumes(ict_workdir, tmp_path):
   assert steps[-(30 - killed_at):] == list(range(killed_at + 1, 31))
   manager.reload()
   assert manager.restore(30).data == {'next_step': 30}
+
+
+@pytest.mark.slow
+def test_retrieving_ahead_changes_only_which_parameters_embed(ict_workdir,
+                                                              tmp_path):
+  """With the retriever frozen, the parameters that embed a step's queries
+  are the same one step ahead or not: so are the batches, and the two runs
+  log the same loss at every step (a step fed another step's retrieval, or
+  another step's features, would not)."""
+  losses = {}
+  for ahead in (True, False):
+    (tmp_path / str(ahead)).mkdir()
+    workdir = _workdir(tmp_path / str(ahead), ict_workdir)
+    builder = _start_builder(workdir)
+    try:
+      config = _pretrain_config(num_train_steps=8, init_from=str(ict_workdir),
+                                freeze_retriever=True, retrieve_ahead=ahead)
+      config.mesh.update(data=4, model=2)  # the 8 fake devices of the tests
+      pretrain.train_and_evaluate(config, str(workdir))
+      assert builder.wait(timeout=600) == 0, _builder_log(workdir)
+    finally:
+      builder.kill()
+    rows = [r for r in _metrics(workdir) if 'loss' in r]
+    assert [r['step'] for r in rows] == list(range(1, 9))
+    losses[ahead] = [(r['loss'], r['fact_recall'], r['candidates_missing'])
+                     for r in rows]
+  assert losses[True] == losses[False]

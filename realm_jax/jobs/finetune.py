@@ -212,46 +212,38 @@ def openqa_batch(examples, query, vectors, dense_ids, index, corpus, config,
               **{k: reader[k] for k in blocks_lib.READER_KEYS})
 
 
-class OneStepAhead:
-  """Retrieval for step s + 1 overlapped with the device's step s.
+def retrieve_ahead(questions, embed, featurize, num_steps: int,
+                   checkpoint_every: int) -> trainer_lib.OneStepAhead:
+  """The fine-tuning host_batch: retrieval for step s + 1 overlapped with
+  the device's step s (trainer.OneStepAhead).
 
   The query tower that retrieves step s's candidates is the one entering
-  step s - 1: its embedding and the device's search of it are queued before
-  step s - 1 runs, so the host featurizes while the device trains (a search
-  queued only after step s - 1 would wait for it). At a checkpointed step
-  (where a restarted run begins) it is the tower entering step s itself,
-  so a resumed run retrieves exactly what an uninterrupted one did. The
-  gradient always flows through the current tower (objectives/openqa.py
-  re-embeds the questions in the step).
+  step s - 1, except at checkpointed steps (where a restarted run begins):
+  there it is the tower entering step s. The gradient always flows through
+  the current tower (objectives/openqa.py re-embeds the questions in the
+  step).
 
   embed(examples, params) -> (query inputs, device vectors, search): search
   is None or a function that waits for the queued search's (ids, scores);
   featurize(examples, query inputs, vectors, dense ids or None) -> batch.
   """
+  def queue(step, params):
+    examples = questions.batch(step)
+    return (examples, *embed(examples, params))
 
-  def __init__(self, questions, embed, featurize, num_steps: int,
-               checkpoint_every: int):
-    self.questions, self.embed, self.featurize = questions, embed, featurize
-    self.num_steps, self.checkpoint_every = num_steps, checkpoint_every
-    self.queued = {}  # step -> (examples, query inputs, vectors, search)
-
-  def _queue(self, step, params):
-    examples = self.questions.batch(step)
-    return (examples, *self.embed(examples, params))
-
-  def __call__(self, step, params):
-    queued = self.queued.pop(step, None)
-    if queued is None or step % self.checkpoint_every == 0:
-      queued = self._queue(step, params)
-    if step + 1 < self.num_steps:  # before step s is dispatched
-      self.queued[step + 1] = self._queue(step + 1, params)
+  def finish(step, queued):
+    del step
     examples, query, vectors, search = queued
     started = time.perf_counter()  # device work, queued behind the last step
     jax.block_until_ready(vectors)
     dense_ids = search()[0] if search is not None else None
     waited = time.perf_counter() - started
-    return (self.featurize(examples, query, vectors, dense_ids),
+    return (featurize(examples, query, vectors, dense_ids),
             {trainer_lib.DEVICE_WAIT: waited})
+
+  return trainer_lib.OneStepAhead(
+      queue, finish, num_steps,
+      resumes=lambda step: step % checkpoint_every == 0)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -305,7 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     embed_queries = embedding.jit_embed_queries(
         trainer.graphdef, trainer.shardings['params'],
         trainer.batch_sharding, trainer.mesh)
-    host_batch = OneStepAhead(
+    host_batch = retrieve_ahead(
         questions,
         functools.partial(embed_questions, embed_queries=embed_queries,
                           index=index, corpus=corpus, config=config,

@@ -2,9 +2,10 @@
 
   realm-pretrain --config=configs/pretrain.py:tiny --workdir=WORKDIR
 
-Each step, on the host: embed the masked queries -> search the current
-index (the hot-swapped IndexHandle) -> drop the block the query came from
-(trivial retrieval) -> prepend the null document -> K candidates; then the
+Each step: embed the masked queries -> search the current index (the
+hot-swapped IndexHandle) -> drop the block the query came from (trivial
+retrieval) -> prepend the null document -> K candidates, on the host and,
+with `retrieve_ahead`, while the device runs the step before; then the
 jitted step re-embeds the candidates with the current parameters and
 maximises the marginal likelihood (objectives/realm.py), so the gradient
 reaches the retriever.
@@ -16,8 +17,10 @@ every encoder and, when it has one, the MLM head), a realm-mlm run
 embed the corpus with it, and waits for that first index.
 """
 import collections
+from collections.abc import Callable
 import functools
 import time
+from typing import NamedTuple
 
 from absl import logging
 from etils import epath
@@ -36,6 +39,7 @@ from realm_jax.inputs import pretrain as pretrain_input
 from realm_jax.objectives import realm as realm_objective
 from realm_jax.retrieval import embedding
 from realm_jax.retrieval import index_handle
+from realm_jax.retrieval import mips
 from realm_jax.retrieval import workspace
 
 # The retriever is copied as it is from the init_from run: its towers must
@@ -85,6 +89,16 @@ def _with_fresh(fresh, restored):
 
 
 QUERY_EMBEDDERS = ('current', 'index')
+
+
+class QueuedSearch(NamedTuple):
+  """A search dispatched ahead: the queries' vectors (device), the index
+  version searched, its pending device search (None: it searches on the
+  host) and the checkpoint step it was embedded from."""
+  vectors: jax.Array
+  index: mips.MipsIndex
+  search: Callable[[], tuple[np.ndarray, np.ndarray]] | None
+  index_step: int
 _EVAL_SEED_OFFSET = 1_000_003  # eval queries: a stream of their own
 
 
@@ -155,6 +169,23 @@ class IndexRetriever:
     return self._retriever
 
 
+def retrieved_in_its_own_step(config: ml_collections.ConfigDict
+                              ) -> Callable[[int], bool]:
+  """Which steps retrieve with their own parameters.
+
+  retrieve_ahead: step s + 1's queries are embedded (and, in an exact
+  index, searched) with the parameters entering step s, then searched and
+  featurized while the device runs step s. Steps where a run may resume
+  (checkpoints and evaluations, so every refresh step) retrieve with their
+  own parameters, as a resumed run does.
+  """
+  ahead = config.retrieve_ahead
+  every = config.checkpoint.every_steps
+  evaluated = config.eval_every_steps if config.eval_batches else 0
+  return lambda step: (not ahead or step % every == 0 or
+                       bool(evaluated) and step % evaluated == 0)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Pre-trains REALM; returns the metrics of the last logged step."""
@@ -211,22 +242,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   index_retriever = (IndexRetriever(trainer.manager)
                      if config.query_embedder == 'index' else None)
 
-  def search(host, params):
-    """The candidates (block ids [b, K], valid [b, K]) of this host's
-    queries, and the raw search results."""
+  searched = config.num_candidates - 1 + config.search_margin
+
+  def queue_search(host, params):
+    """Dispatches the embedding of this host's masked queries and, in an
+    index that searches on the device, their search, without waiting."""
     queries = {k: host[k] for k in ('query_ids', 'query_mask')}
     if index_retriever:
       params = dict(params, retriever=index_retriever.get(
           handle.checkpoint_step, params['retriever']))
-    vectors = np.asarray(embed_queries(
-        params, sharding.global_batch(queries, trainer.batch_sharding)))
-    vectors = vectors[first_row:first_row + len(host['query_ids'])]
-    retrieved, _ = handle.search(
-        vectors, config.num_candidates - 1 + config.search_margin)
+    vectors = embed_queries(
+        params, sharding.global_batch(queries, trainer.batch_sharding))
+    # Replicated: this host's rows of the local copy.
+    vectors = vectors.addressable_data(0)[
+        first_row:first_row + len(host['query_ids'])]
+    index, index_step = handle.served()
+    return QueuedSearch(vectors, index, index.dispatch_search(
+        vectors, searched), index_step)
+
+  def retrieve(host, queued):
+    """The candidates (block ids [b, K], valid [b, K]) of host's queries,
+    the raw search results and the seconds spent waiting for the device."""
+    started = time.perf_counter()
+    jax.block_until_ready(queued.vectors)
+    retrieved = queued.search()[0] if queued.search is not None else None
+    waited = time.perf_counter() - started
+    if retrieved is None:  # a host index (ScaNN)
+      retrieved = queued.index.search(np.asarray(queued.vectors), searched)[0]
     chosen, valid = pretrain_input.choose_candidates(
         retrieved, corpus.uid64(np.maximum(retrieved, 0)).reshape(
             retrieved.shape), host['source_uid64'], config.num_candidates)
-    return chosen, valid, retrieved
+    return chosen, valid, retrieved, waited
 
   def retrieval_metrics(host, holders, retrieved):
     return dict(
@@ -246,7 +292,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     return time.perf_counter() - started
 
   refresh = config.index.refresh_every_steps
-  def host_batch(step, params):
+  staleness = config.index.max_staleness_steps
+
+  def wait_for_fresh_enough_index(step):
+    """Seconds spent waiting for the index this step must search."""
     waited = 0.0
     if not refresh:
       handle.maybe_swap()  # between steps: never mid-step
@@ -254,13 +303,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       # The index of this step's checkpoint (after a resume: of the last
       # refresh step, or a newer one if that version is gone).
       waited = wait_for_index(step - step % refresh, 'refresh_every_steps')
-    if (config.index.max_staleness_steps and
-        step - handle.checkpoint_step > config.index.max_staleness_steps):
-      waited += wait_for_index(step - config.index.max_staleness_steps,
-                               'max_staleness_steps')
-    versions_used.add(handle.checkpoint_step)
+    if staleness and step - handle.checkpoint_step > staleness:
+      waited += wait_for_index(step - staleness, 'max_staleness_steps')
+    return waited
+
+  def queue(step, params):
     host = inputs.batch(step)
-    chosen, valid, retrieved = search(host, params)
+    return host, queue_search(host, params)
+
+  def finish(step, queued):
+    host, search = queued
+    index_step = search.index_step
+    versions_used.add(index_step)
+    chosen, valid, retrieved, device_wait = retrieve(host, search)
     holders = pretrain_input.span_holders(corpus, host, chosen, valid)
     queries = {k: host[k] for k in ('query_ids', 'query_mask')}
     batch = dict(queries, **pretrain_input.candidate_inputs(
@@ -269,12 +324,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  candidate_holds_span=holders.astype(np.int32), **{
                      k: host[k] for k in ('mlm_positions', 'mlm_targets',
                                           'mlm_weights')})
-    return batch, dict(
-        index_step=handle.checkpoint_step,
-        index_staleness=step - handle.checkpoint_step,
-        candidates_missing=(~valid).sum(1).mean(),
-        index_versions_used=len(versions_used), index_wait_seconds=waited,
-        **retrieval_metrics(host, holders, retrieved))
+    return batch, {
+        trainer_lib.DEVICE_WAIT: device_wait, 'index_step': index_step,
+        'index_staleness': step - index_step,
+        'candidates_missing': (~valid).sum(1).mean(),
+        'index_versions_used': len(versions_used),
+        **retrieval_metrics(host, holders, retrieved)}
+
+  ahead = trainer_lib.OneStepAhead(
+      queue, finish, config.num_train_steps,
+      resumes=retrieved_in_its_own_step(config),
+      # Searched before this step's wait for a fresher index: redone.
+      usable=lambda step, queued: (not staleness or
+                                   step - queued[1].index_step <= staleness))
+
+  def host_batch(step, params):
+    waited = wait_for_fresh_enough_index(step)
+    batch, metrics = ahead(step, params)
+    return batch, dict(metrics, index_wait_seconds=waited)
 
   # Held-out retrieval: the same eval queries every time (sentences of
   # blocks no training query comes from), searched in the served index
@@ -294,7 +361,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     totals = collections.Counter()
     for chunk in range(config.eval_batches):
       host = eval_inputs.batch(chunk)
-      chosen, valid, retrieved = search(host, params)
+      chosen, valid, retrieved, _ = retrieve(host, queue_search(host, params))
       holders = pretrain_input.span_holders(corpus, host, chosen, valid)
       for name, value in retrieval_metrics(host, holders, retrieved).items():
         totals[name] += value / config.eval_batches

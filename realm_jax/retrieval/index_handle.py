@@ -146,11 +146,15 @@ class IndexHandle:
     manifest = self.manifest
     return None if manifest is None else manifest['checkpoint_step']
 
+  def served(self) -> tuple[mips.MipsIndex, int]:
+    """The current version's index and the checkpoint step it was embedded
+    with, read together (a swap cannot come between them)."""
+    current = self._current
+    if current is None:
+      raise RuntimeError(f'no index loaded from {self.store.directory} yet')
+    return current[0], current[1]['checkpoint_step']
+
   def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray,
                                                         np.ndarray]:
     """(ids, scores) of the top k blocks from the current version."""
-    current = self._current  # one read: a swap mid-search cannot mix versions
-    if current is None:
-      raise RuntimeError(f'no index loaded from {self.store.directory} yet')
-    index: mips.MipsIndex = current[0]
-    return index.search(queries, k)
+    return self.served()[0].search(queries, k)
