@@ -597,6 +597,7 @@ def main():
       parser.error(f'--rows: unknown {unknown}; rows are {", ".join(ROWS)}')
     driver = Driver(pathlib.Path(args.data).resolve(), workdir, args.quick,
                     shlex.split(args.realm_flags))
+    commit = _commit()  # the code that runs (the tree may move meanwhile)
     for row in rows:
       done = None if args.rerun else results['rows'].get(row)
       if is_complete(done, row) or (done and args.zero_shot_only):
@@ -605,7 +606,7 @@ def main():
         continue  # no retriever of its own to measure
       log(f'row {row}')
       results['rows'][row] = dict(
-          run_row(driver, row, args.zero_shot_only, done), commit=_commit(),
+          run_row(driver, row, args.zero_shot_only, done), commit=commit,
           date=datetime.date.today().isoformat(),
           **({'realm_flags': args.realm_flags} if args.realm_flags else {}))
       results.update(
@@ -613,7 +614,7 @@ def main():
           '--workdir=W' + (' --quick' if args.quick else '') + (
               f" --realm-flags='{args.realm_flags}'" if args.realm_flags
               else ''),
-          commit=_commit(),
+          commit=commit,
           settings='quick: toy size' if args.quick else
           'MiniLM encoders; steps: ' + ', '.join(
               f'{s} {next(f for f in FULL[s] if "num_train_steps" in f)}'
