@@ -1,6 +1,7 @@
 r"""REALM pre-training steps with retrieval one step ahead, and without.
 
   .venv/bin/python bench/pretrain_overlap.py [--steps=60] [--repeats=3]
+      [--flags='--config.model.num_layers=1 --config.model.hidden_size=32']
 
 realm-pretrain (the tiny config, from scratch, on a synthetic corpus in
 one-sentence blocks as the learning bed's) beside a real realm-index-builder
@@ -60,7 +61,7 @@ def pretrain(corpus: pathlib.Path, workdir: pathlib.Path, ahead: bool,
            f'--config.checkpoint.every_steps={args.refresh}',
            f'--config.index.refresh_every_steps={args.refresh}',
            '--config.index.poll_seconds=0.2', '--config.log_every_steps=1',
-           f'--config.retrieve_ahead={ahead}')
+           f'--config.retrieve_ahead={ahead}', *args.flags.split())
       if builder.wait(timeout=600):
         raise RuntimeError('the index builder failed: ' +
                            (workdir / 'index_builder.log').read_text()[-2000:])
@@ -91,6 +92,9 @@ def main():
   parser.add_argument('--joint_len', type=int, default=72)
   parser.add_argument('--refresh', type=int, default=20)
   parser.add_argument('--workdir', default='')
+  parser.add_argument('--flags', default='',
+                      help='more realm-pretrain flags, e.g. a smaller model '
+                      'for a pod-like host share: --config.model.num_layers=1')
   args = parser.parse_args()
   root = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix='overlap_'))
   corpus = root / 'corpus'
@@ -110,6 +114,7 @@ def main():
   base = med[False]['step_ms']
   print(f'\n{args.repeats} runs each, batch {args.batch_size} x '
         f'{args.candidates} candidates, joint_len {args.joint_len}, '
+        f'{args.flags or "tiny model"}, '
         f'steps {args.refresh + 1}-{args.steps} less refresh steps; medians')
   print('| retrieval | ms/step | host wall ms | host CPU ms | step vs baseline |')
   print('|---|---|---|---|---|')
