@@ -27,6 +27,9 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   # builder skips finished chunks.
   config.chunk_blocks = 512 if tiny else 262_144
   config.index = mips.index_config()
+  # Build and publish version N on a host thread while the devices embed
+  # the next checkpoint (a refresh costs max(embed, host part), not the sum).
+  config.overlap_publish = True
   config.poll_seconds = 2.0 if tiny else 30.0
   config.keep_versions = 3  # as realm/refresh_doc_embeds.py
   # A version an index handle reported serving within this time is kept.

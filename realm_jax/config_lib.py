@@ -23,6 +23,7 @@ AXIS_RULES = (
 POOLINGS = ('cls', 'mean')
 SCORES = ('dot', 'cosine')
 HIDDEN_ACTS = ('gelu', 'gelu_new')
+REMATS = ('none', 'minimal', 'full')  # models.REMAT_POLICIES
 
 _SIZES = {
     #        layers hidden heads  mlp
@@ -53,6 +54,11 @@ def model_config(size: str, vocab_size: int) -> ml_collections.ConfigDict:
       # of the released REALM checkpoints).
       hidden_act='gelu',
       dtype='float32',  # activations; 'bfloat16' on TPU
+      # What the backward pass keeps of each encoder layer: 'none' (all of
+      # it) | 'minimal' (weight-matmul outputs) | 'full' (the layer's input
+      # only; the layer is recomputed): less memory for more FLOPs
+      # (models.REMAT_POLICIES; docs/pod.md measures it).
+      remat='none',
       # Retriever tower: pool -> Dense(projection_size) -> LayerNorm(1e-3).
       # pooling: 'cls' (BERT's pooler, REALM) | 'mean' (masked mean of the
       # last hidden states, sentence-transformers). projection_size 0 (or
@@ -136,6 +142,8 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
         f'{model.score!r} is not one of {SCORES}')
   check(model.get('hidden_act', 'gelu') in HIDDEN_ACTS, 'model.hidden_act',
         f'{model.get("hidden_act")!r} is not one of {HIDDEN_ACTS}')
+  check(model.get('remat', 'none') in REMATS, 'model.remat',
+        f'{model.get("remat")!r} is not one of {REMATS}')
   check(model.score_temperature > 0, 'model.score_temperature', 'must be > 0')
   check(model.projection_size is None or model.projection_size >= 0,
         'model.projection_size', 'must be >= 0 (0 or None: no projection)')

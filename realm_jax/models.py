@@ -195,10 +195,28 @@ class TransformerLayer(nnx.Module):
     return self.mlp_norm(x + self.dropout(self.mlp(x), rngs=rngs))
 
 
+# config.remat -> what the backward pass keeps of each transformer layer
+# (MaxText's names): 'none' everything; 'minimal' the outputs of the weight
+# matmuls (dots without batch dimensions), recomputing attention
+# probabilities, dropout masks, GELU and LayerNorms; 'full' only the
+# layer's input, recomputing the whole layer.
+REMAT_POLICIES = {
+    'none': None,
+    'minimal': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'full': jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def _apply_layer(layer, x, bias, rngs):
+  return layer(x, bias, rngs=rngs)
+
+
 class BertEncoder(nnx.Module):
   """BERT: embeddings, `num_layers` transformer layers and the pooler."""
 
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    # Runs recorded before the field existed kept every activation.
+    self.remat = config.get('remat', 'none')
     self.embeddings = Embeddings(config, rngs=rngs)
     self.layers = nnx.List([TransformerLayer(config, rngs=rngs)
                             for _ in range(config.num_layers)])
@@ -210,8 +228,12 @@ class BertEncoder(nnx.Module):
     """[B, L] ints -> (sequence [B, L, H], pooled [CLS] [B, H])."""
     x = self.embeddings(token_ids, segment_ids, rngs=rngs)
     bias = attention_bias(input_mask)
+    apply_layer = _apply_layer
+    if self.remat != 'none':
+      apply_layer = nnx.remat(_apply_layer,
+                              policy=REMAT_POLICIES[self.remat])
     for layer in self.layers:
-      x = layer(x, bias, rngs=rngs)
+      x = apply_layer(layer, x, bias, rngs)
     return x, jnp.tanh(self.pooler(x[:, 0]))
 
 

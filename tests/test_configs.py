@@ -86,6 +86,7 @@ def test_unknown_variant_is_an_error():
      'config.model.max_position_embeddings'),
     (dict(model=dict(pooling='max')), 'config.model.pooling'),
     (dict(model=dict(hidden_act='relu')), 'config.model.hidden_act'),
+    (dict(model=dict(remat='layers')), 'config.model.remat'),
     (dict(model=dict(projection_size=-1)), 'config.model.projection_size'),
     (dict(optimizer=dict(warmup_steps=-2)), 'config.optimizer.warmup_steps'),
     (dict(optimizer=dict(warmup_steps=301)), 'config.optimizer.warmup_steps'),

@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import ml_collections
@@ -181,6 +182,22 @@ def test_loop_stops_on_training_done_and_on_sigterm(trained_workdir,
   assert process.wait(timeout=60) == 0, log.read_text()
 
 
+def _builder_before_step_2(trained_workdir, tmp_path, **config_fields):
+  """An in-process builder whose workdir has checkpoint 1 only; the test
+  moves tmp_path/step-2 into its checkpoints as the trainer saving it."""
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  for name in ('corpus', 'config.json'):
+    (workdir / name).symlink_to(trained_workdir / name)
+  checkpoints = workdir / 'checkpoints'
+  shutil.copytree(trained_workdir / 'checkpoints', checkpoints)
+  shutil.move(checkpoints / '2', tmp_path / 'step-2')
+  config = job_config('index_builder')
+  config.embed_batch_size, config.chunk_blocks = 8, CHUNK
+  config.update(config_fields)
+  return builder_lib.Builder(config, workdir)
+
+
 @pytest.mark.slow
 def test_checkpoints_deleted_under_the_builder_are_skipped(
     trained_workdir, tmp_path, monkeypatch):
@@ -189,16 +206,9 @@ def test_checkpoints_deleted_under_the_builder_are_skipped(
   listed, and a restore can find its step gone (both FileNotFoundError;
   seen on the learning bed). The builder lists again and indexes the
   newest checkpoint instead of dying."""
+  builder = _builder_before_step_2(trained_workdir, tmp_path)
   workdir = tmp_path / 'w'
-  workdir.mkdir()
-  for name in ('corpus', 'config.json'):
-    (workdir / name).symlink_to(trained_workdir / name)
   checkpoints = workdir / 'checkpoints'
-  shutil.copytree(trained_workdir / 'checkpoints', checkpoints)
-  shutil.move(checkpoints / '2', tmp_path / 'step-2')  # saved later
-  config = job_config('index_builder')
-  config.embed_batch_size, config.chunk_blocks = 8, CHUNK
-  builder = builder_lib.Builder(config, workdir)
 
   reload, listings = builder.checkpoints.reload, []
   def racing_reload():
@@ -221,3 +231,73 @@ def test_checkpoints_deleted_under_the_builder_are_skipped(
       index_store.version_name(2)]
   assert len(listings) >= 3  # the failed listing, step 1's, step 2's
   assert not store.building_dir(1).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('overlap', [True, False])
+def test_publish_overlaps_embedding_the_next_checkpoint(
+    trained_workdir, tmp_path, monkeypatch, overlap):
+  """With overlap_publish, version 1 is built and published on a thread
+  while checkpoint 2 (saved meanwhile) is embedded; without it, in turn.
+  Both publish exactly what each checkpoint's tower computes."""
+  builder = _builder_before_step_2(trained_workdir, tmp_path,
+                                   overlap_publish=overlap)
+  workdir = tmp_path / 'w'
+  checkpoints = workdir / 'checkpoints'
+  (workdir / 'TRAINING_DONE').symlink_to(trained_workdir / 'TRAINING_DONE')
+
+  events, embedding_2 = [], threading.Event()
+  embed, publish = builder._embed_chunks, builder._publish  # pylint: disable=protected-access
+  def embed_chunks(step, *args):
+    events.append(f'embed {step}')
+    if step == 2:
+      embedding_2.set()
+    embed(step, *args)
+    if step == 1:  # the trainer saves step 2 meanwhile
+      shutil.move(tmp_path / 'step-2', checkpoints / '2')
+  def publish_and_wait(step, *args):
+    events.append(f'publish {step}')
+    if step == 1:  # overlapped, checkpoint 2's embedding starts meanwhile
+      assert embedding_2.wait(timeout=60 if overlap else 2) == overlap
+    publish(step, *args)
+    events.append(f'published {step}')
+  monkeypatch.setattr(builder, '_embed_chunks', embed_chunks)
+  monkeypatch.setattr(builder, '_publish', publish_and_wait)
+  builder.run()
+  assert sorted(events) == sorted(
+      f'{e} {s}' for e in ('embed', 'publish', 'published') for s in (1, 2))
+  order = events.index
+  assert order('embed 1') < order('publish 1') < order('published 1')
+  assert order('embed 2') < order('publish 2') < order('published 2')
+  assert order('published 1') < order('publish 2')  # one at a time
+  if overlap:
+    assert order('embed 2') < order('published 1')
+  else:
+    assert order('published 1') < order('embed 2')
+  store = index_store.IndexStore(workdir / 'index')
+  assert store.versions() == [index_store.version_name(1),
+                              index_store.version_name(2)]
+  assert store.latest_step() == 2
+  assert not store.build_steps()  # every build's chunks are gone
+  for step in (1, 2):
+    np.testing.assert_allclose(
+        np.load(store.version_dir(index_store.version_name(step)) /
+                mips.EMBEDDINGS_FILE),
+        _direct_embeddings(workdir, step), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_failed_background_publish_stops_the_builder(
+    trained_workdir, tmp_path, monkeypatch):
+  """An error in the publishing thread is raised by the builder (naming the
+  checkpoint), not lost with the thread; nothing is published."""
+  workdir = _fresh_copy(trained_workdir, tmp_path)
+  config = job_config('index_builder')
+  config.embed_batch_size, config.chunk_blocks = 8, CHUNK
+  builder = builder_lib.Builder(config, workdir)
+  def full_disk(*args, **kwargs):
+    raise OSError('No space left on device')
+  monkeypatch.setattr(builder.store, 'publish', full_disk)
+  with pytest.raises(RuntimeError, match='checkpoint 2 failed.*No space'):
+    builder.run()
+  assert index_store.IndexStore(workdir / 'index').pointer() is None

@@ -7,6 +7,13 @@ share, jitted and sharded over its local devices) -> build the MIPS index
 versions. Stops on WORKDIR/TRAINING_DONE once the last checkpoint is
 indexed, or on SIGTERM (between batches; the build resumes on restart).
 
+With `config.overlap_publish` the host part (read the chunks, build the
+index, publish, delete) of version N runs on a background thread while the
+devices embed a newer checkpoint, so a refresh costs max(embed, host part)
+rather than their sum. One publish is in flight at a time (it is waited
+for before the next one starts), so at most two versions' embeddings exist:
+the one being published in memory, the next one in chunk files.
+
 On several hosts (REALM_DISTRIBUTED=1) process 0 decides which checkpoint
 to index; the others embed their share of the build it started (found under
 index/building) and never build or publish. The hosts meet only through
@@ -14,6 +21,7 @@ those files: no collective or barrier, so one slow or restarted host delays
 the build, never deadlocks it. `realm-index-builder` (index_builder/main.py)
 runs `build_index_loop`; realm-finetune runs one build in-process.
 """
+from concurrent import futures
 import functools
 import signal
 import threading
@@ -59,10 +67,46 @@ class Builder:
     self.mesh = sharding.make_mesh(config.mesh, jax.local_devices())
     config_lib.validate_batch(config.embed_batch_size, 'embed_batch_size',
                               self.mesh.shape['data'])
+    # Process 0's publish in flight: (checkpoint step, future).
+    self._publishing: tuple[int, futures.Future] | None = None
+    self._publisher = futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix='publish')
 
   def run(self, once: bool = False) -> None:
     """Builds until TRAINING_DONE and the last checkpoint is indexed (or
-    SIGTERM); with `once`, until the newest checkpoint is indexed."""
+    SIGTERM); with `once`, until the newest checkpoint is indexed. A
+    publish still in flight is finished before it returns."""
+    try:
+      self._run(once)
+    finally:
+      try:
+        self._finish_publish()
+      finally:
+        self._publisher.shutdown()
+
+  def _indexed_step(self) -> int | None:
+    """The newest index's step, counting the one being published; raises
+    what a finished background publish raised."""
+    if self._publishing is not None and self._publishing[1].done():
+      self._finish_publish()
+    indexed = self.store.latest_step()
+    if self._publishing is not None:
+      indexed = max(indexed or 0, self._publishing[0])
+    return indexed
+
+  def _finish_publish(self) -> None:
+    """Waits for the publish in flight (if any), re-raising its error."""
+    if self._publishing is not None:
+      step, publishing = self._publishing
+      self._publishing = None
+      try:
+        publishing.result()
+      except Exception as e:
+        # Not a FileNotFoundError: run() reads those as a deleted checkpoint.
+        raise RuntimeError(f'Publishing the index of checkpoint {step} '
+                           f'failed: {e!r}') from e
+
+  def _run(self, once: bool) -> None:
     leader = jax.process_index() == 0
     if leader:
       self._tidy()
@@ -73,7 +117,7 @@ class Builder:
       # its last checkpoint, so that checkpoint is then surely listed.
       training_done = workspace.training_done(self.workdir)
       step = self._newest_checkpoint()
-      indexed = self.store.latest_step()
+      indexed = self._indexed_step()
       caught_up = step is None or (indexed is not None and indexed >= step)
       if leader and not caught_up:
         try:
@@ -87,6 +131,7 @@ class Builder:
                           'indexing the newest one instead', step)
           continue
         if once:
+          self._finish_publish()
           return
         continue
       if not leader and self._follow(indexed):
@@ -98,6 +143,7 @@ class Builder:
                      'index %s', step, indexed)
         return
       if training_done and caught_up:
+        self._finish_publish()
         logging.info('Training is done and checkpoint %s is indexed.', step)
         return
       if waiting_since != (step, indexed):
@@ -135,18 +181,34 @@ class Builder:
     return max(steps) if steps else None
 
   def build(self, step: int) -> None:
-    """Process 0: embeds its share, waits for the other hosts' chunks,
-    builds the index and publishes it."""
+    """Process 0: embeds its share, waits for the other hosts' chunks, then
+    builds the index and publishes it (in the background with
+    overlap_publish, after the previous publish has finished)."""
     start = time.time()
     logging.info('Building the index for checkpoint step %d', step)
     building = self.store.building_dir(step)
-    self.store.delete_stale_builds(keep_step=step)
+    # The build being published keeps its chunks until it is done.
+    self.store.delete_stale_builds(keep_steps={step} | (
+        {self._publishing[0]} if self._publishing else set()))
     building.mkdir(parents=True, exist_ok=True)
     chunks = self._chunks()
     embedded = self._embed_share(step, building, chunks)
     embed_seconds = time.time() - start
     self._wait_for_chunks(building, len(chunks))
-    embeddings = index_store.read_chunks(building, range(len(chunks)))
+    self._finish_publish()
+    publish = functools.partial(self._publish, step, building, len(chunks),
+                                start, embed_seconds, embedded)
+    if self.config.overlap_publish:
+      self._publishing = (step, self._publisher.submit(publish))
+    else:
+      publish()
+
+  def _publish(self, step, building, num_chunks, start, embed_seconds,
+               embedded) -> None:
+    """The host part of a build: reads the chunks, builds the index,
+    publishes it, deletes the chunks and old versions."""
+    host_start = time.time()
+    embeddings = index_store.read_chunks(building, range(num_chunks))
     build_start = time.time()
     index = mips.build_index(embeddings, self.config.index,
                              devices=jax.local_devices())
@@ -156,6 +218,7 @@ class Builder:
         corpus_fingerprint=corpus_manifest['source'].get('fingerprint'),
         tokenizer_sha256=corpus_manifest['tokenizer']['sha256'],
         timings=dict(embed_s=embed_seconds, build_s=build_seconds,
+                     host_s=time.time() - host_start,
                      total_s=time.time() - start),
         embedded_blocks=embedded,
         embedded_blocks_per_s=embedded / embed_seconds))

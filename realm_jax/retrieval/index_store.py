@@ -285,12 +285,13 @@ class IndexStore:
       self.version_dir(version).rmtree()
     return deleted
 
-  def delete_stale_builds(self, keep_step: int) -> None:
+  def delete_stale_builds(self, keep_steps: Iterable[int]) -> None:
     """Abandoned builds of older checkpoints (a newer one has arrived)."""
+    keep = {version_name(step) for step in keep_steps}
     building = self.directory / 'building'
     if building.exists():
       for path in building.iterdir():
-        if path.name != version_name(keep_step):
+        if path.name not in keep:
           path.rmtree()
 
   def build_steps(self) -> list[int]:
