@@ -207,7 +207,6 @@ class Builder:
                embedded) -> None:
     """The host part of a build: reads the chunks, builds the index,
     publishes it, deletes the chunks and old versions."""
-    host_start = time.time()
     embeddings = index_store.read_chunks(building, range(num_chunks))
     build_start = time.time()
     index = mips.build_index(embeddings, self.config.index,
@@ -218,7 +217,6 @@ class Builder:
         corpus_fingerprint=corpus_manifest['source'].get('fingerprint'),
         tokenizer_sha256=corpus_manifest['tokenizer']['sha256'],
         timings=dict(embed_s=embed_seconds, build_s=build_seconds,
-                     host_s=time.time() - host_start,
                      total_s=time.time() - start),
         embedded_blocks=embedded,
         embedded_blocks_per_s=embedded / embed_seconds))
