@@ -14,7 +14,6 @@ Runs on the CPU in about a minute per row; nothing is compiled.
 """
 import argparse
 import collections
-import importlib.util
 import os
 import pathlib
 import re
@@ -23,6 +22,8 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # pylint: disable=g-import-not-at-top
 from flax import nnx
+# The parser behind --config=path:variant, as the jobs read their configs.
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 # saved_residuals is what jax.ad_checkpoint.print_saved_residuals prints.
 from jax._src import ad_checkpoint
 
@@ -36,10 +37,8 @@ CONFIG = pathlib.Path(__file__).parent.parent / 'configs' / 'pretrain.py'
 
 
 def pretrain_config(size: str):
-  spec = importlib.util.spec_from_file_location('pretrain_config', CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(size)
+  return ConfigFileFlagParser(name='config').parse(
+      f'{CONFIG}:{size}')
 
 
 def residuals(config) -> list[tuple[jax.ShapeDtypeStruct, str]]:

@@ -25,7 +25,6 @@ Here both run on the same cores, so the tower is made small (--layers,
 (docs/capacity_plan.md); the table says how far the two compete.
 """
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -38,6 +37,8 @@ import time
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import numpy as np  # pylint: disable=g-import-not-at-top
+# The parser behind --config=path:variant, as the jobs read their configs.
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import builder_scaling  # pylint: disable=g-import-not-at-top
@@ -52,11 +53,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def config_file(name: str, variant: str = 'tiny'):
-  spec = importlib.util.spec_from_file_location(
-      f'{name}_config', REPO / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return ConfigFileFlagParser(name='config').parse(
+      f'{REPO}/configs/{name}.py:{variant}')
 
 
 def train_checkpoints(root: pathlib.Path, args) -> pathlib.Path:

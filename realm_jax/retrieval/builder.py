@@ -131,7 +131,6 @@ class Builder:
                           'indexing the newest one instead', step)
           continue
         if once:
-          self._finish_publish()
           return
         continue
       if not leader and self._follow(indexed):
