@@ -23,7 +23,11 @@ masks), the same random inputs on both sides, one full training step each:
         decay on biases and LayerNorm, as ours). PyTorch on CPU with
         torch.set_num_threads(2), train() mode (dropout 0.1).
 
-Both run in this process; rounds alternate ours/HF so machine noise hits both.
+Both run in this process, on the allocator realm_jax's jobs run on (the
+process re-executes itself under tcmalloc when the machine has it, as the
+jobs do; REALM_TCMALLOC=0 keeps the C library's malloc, under which both
+sides are slower, HF more so); rounds alternate ours/HF so machine noise
+hits both.
 Reports the median seconds per step of each round, the median over rounds
 and the ratio HF/ours. No timing is asserted. `--breakdown` also times the
 forward (loss only) of each side and splits the HF step into its parts.
@@ -38,8 +42,10 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
+from realm_jax import cli
 from realm_jax import config_lib
 from realm_jax import models
 from realm_jax import optim
@@ -180,26 +186,41 @@ class Ours:
 
     loss = lambda params, batch, key: realm_loss(params, batch, key,
                                                  graphdef)[0]
-    args = (self.state['params'], self.batch, self.key)
+    # Copies: the full step donates (invalidates) the state it is given.
+    state = jax.tree.map(jnp.copy, self.state)
+    args = (state['params'], self.batch, self.key)
+    grads = jax.jit(jax.grad(loss))(*args)
 
-    def median(fn):
-      jax.block_until_ready(fn(*args))
-      times = []
-      for _ in range(steps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-      return float(np.median(times))
+    def update(grads, state):
+      updates, opt_state = self.tx.update(grads, state['opt_state'],
+                                          state['params'])
+      return optax.apply_updates(state['params'], updates), opt_state
 
-    parts = {
-        'retriever fwd (query + 64 docs)': median(jax.jit(retriever)),
-        'reader encoder fwd': median(jax.jit(reader)),
-        'whole loss fwd': median(jax.jit(loss)),
-        'loss fwd + bwd': median(jax.jit(jax.grad(loss))),
-        'full step': float(np.median(self.run(steps))),
+    def full_step():
+      self.state, metrics = self.step_fn(self.state, self.batch, self.key)
+      return self.state, metrics
+
+    pieces = {
+        'retriever fwd (query + 64 docs)': (jax.jit(retriever), args),
+        'reader encoder fwd': (jax.jit(reader), args),
+        'whole loss fwd': (jax.jit(loss), args),
+        'loss fwd + bwd': (jax.jit(jax.grad(loss)), args),
+        'update (clip + AdamW)': (jax.jit(update), (grads, state)),
+        'full step': (full_step, ()),
     }
-    parts['update (clip + AdamW)'] = (parts['full step']
-                                      - parts['loss fwd + bwd'])
+    for fn, fn_args in pieces.values():  # compile outside the timing
+      jax.block_until_ready(fn(*fn_args))
+    # Round-robin, so the machine's drift hits every piece alike (timed one
+    # piece after another, a drift of 10-20% looked like a 0.33 s gap).
+    times = {name: [] for name in pieces}
+    for _ in range(steps):
+      for name, (fn, fn_args) in pieces.items():
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*fn_args))
+        times[name].append(time.perf_counter() - start)
+    parts = {name: float(np.median(v)) for name, v in times.items()}
+    parts['full step - loss fwd + bwd'] = (parts['full step']
+                                          - parts['loss fwd + bwd'])
     return parts
 
 
@@ -342,6 +363,9 @@ class HuggingFace:
 
 
 def main():
+  # Both sides in one process on the allocator the jobs run on (tcmalloc
+  # when the machine has it; REALM_TCMALLOC=0 for the C library's malloc).
+  cli.use_tcmalloc()
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--steps', type=int, default=10,
                       help='timed steps per side per round')
@@ -369,7 +393,8 @@ def main():
         f'512 / vocab {VOCAB}; batch {B}, {K} candidates, query {Q}, block '
         f'{L}, joint {J}, {M} masks; {os.cpu_count()} CPUs, jax '
         f'{jax.__version__} ({jax.devices()[0].platform}), torch '
-        f'{hf.torch.__version__} ({hf.torch.get_num_threads()} threads)')
+        f'{hf.torch.__version__} ({hf.torch.get_num_threads()} threads); '
+        f'host allocator: {cli.host_allocator()}')
   print(f'parameters: ours {ours.num_params / 1e6:.2f}M, HF (trainable) '
         f'{hf.num_params / 1e6:.2f}M; ours compile+first step '
         f'{compile_s:.1f}s, HF warm-up {hf_warm_s:.3f}s/step')
@@ -409,7 +434,8 @@ def main():
         for name, seconds in side.part_times(steps).items():
           parts.setdefault(name, {}).setdefault(side.name, []).append(seconds)
     print(f'\nstep split into parts (median s over {steps} steps, mean of 2 '
-          'rounds; ours: separately jitted pieces, HF: timed inside the step)')
+          'rounds; ours: separately jitted pieces timed round-robin, HF: timed '
+          'inside the step)')
     print(f'{"":34s}{ours.name:>16s}{hf.name:>18s}{"HF / ours":>11s}')
     for name, by_side in parts.items():
       o, h = (float(np.mean(by_side[s])) if s in by_side else None

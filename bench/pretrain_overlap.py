@@ -12,7 +12,12 @@ B x K candidate rows - runs either while the device runs the previous step
 (ahead) or between steps (the baseline, `--config.retrieve_ahead=false`).
 Prints the median over runs of each run's median step time (steps after
 the first refresh, so compilation is excluded), of the host work's wall and
-CPU time per step, and the ratio to the baseline of the same sitting.
+CPU time per step, and the ratio to the baseline of the same sitting; and,
+timed after each pair of runs in this process, the jitted train step alone
+(the runs' recorded config and the batch shapes realm-pretrain feeds, on a
+fixed synthetic batch - the step's cost does not depend on the token values
+- with no retrieval, no featurization and no builder), so the end-to-end
+step's ratio to the bare step is measured in one sitting.
 
 On a CPU the "device" is the same cores as the host, so overlapped host
 work competes with the step for them; on a TPU host, the device is not.
@@ -25,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, JAX_PLATFORMS='cpu')
@@ -82,7 +88,68 @@ def summary(rows: list[dict], skip: int, refresh: int) -> dict[str, float]:
               host_cpu_ms=median('time/host_cpu_ms'))
 
 
+class JittedStepAlone:
+  """realm-pretrain's jitted train step of a recorded run, on one batch."""
+
+  def __init__(self, workdir: pathlib.Path):
+    import functools  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    from realm_jax import models, optim, sharding, trainer  # pylint: disable=g-import-not-at-top,g-multiple-import
+    from realm_jax.inputs import pretrain as pretrain_input  # pylint: disable=g-import-not-at-top
+    from realm_jax.objectives import realm as realm_objective  # pylint: disable=g-import-not-at-top
+    from realm_jax.retrieval import workspace  # pylint: disable=g-import-not-at-top
+    self.jax = jax
+    config = workspace.read_config(workdir)
+    mesh = sharding.make_mesh(config.mesh)
+    tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+    graphdef, self.state, shardings, _ = trainer.init_train_state(
+        lambda: models.REALM(config.model, rngs=nnx.Rngs(config.seed),
+                             null_offset=config.null_document == 'relative'),
+        tx, mesh, config.axis_rules)
+    batch_sharding = sharding.batch_sharding(mesh, config.axis_rules)
+    self.step_fn = trainer.jit_train_step(
+        functools.partial(trainer.train_step, graphdef=graphdef, tx=tx,
+                          loss_fn=functools.partial(
+                              realm_objective.loss,
+                              null_document=config.null_document)),
+        shardings, batch_sharding, mesh)
+    rng = np.random.default_rng(0)
+    batch = {}
+    for name, (shape, dtype) in pretrain_input.batch_shapes(config).items():
+      if name.endswith('_ids') or name == 'mlm_targets':
+        value = rng.integers(5, config.model.vocab_size, shape)
+      elif name == 'mlm_positions':  # distinct positions inside the query
+        value = np.sort(rng.permuted(np.tile(
+            np.arange(1, config.lengths.query_len - 1), (shape[0], 1)),
+                                     axis=1)[:, :shape[1]], axis=1)
+      elif name.endswith('_segments') or name == 'candidate_holds_span':
+        value = rng.integers(0, 2, shape)
+      else:  # masks, validity, weights
+        value = np.ones(shape)
+      batch[name] = value.astype(dtype)
+    self.batch = sharding.global_batch(batch, batch_sharding)
+    self.key = jax.random.PRNGKey(config.seed)
+    self.time_ms(2)  # compiles
+
+  def time_ms(self, steps: int) -> float:
+    """Median ms of `steps` steps, each dispatched and waited for."""
+    times = []
+    for _ in range(steps):
+      start = time.perf_counter()
+      self.state, metrics = self.step_fn(self.state, self.batch, self.key)
+      self.jax.block_until_ready((self.state, metrics))
+      times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
 def main():
+  # The jitted step alone runs in this process: on the CPU and on the
+  # allocator the jobs run on (tcmalloc when the machine has it).
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  from realm_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.use_tcmalloc()
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--steps', type=int, default=60)
   parser.add_argument('--repeats', type=int, default=3)
@@ -103,26 +170,35 @@ def main():
          '--config=configs/prepare_corpus.py:tiny', f'--workdir={root}',
          *LENGTHS, f'--config.input.synthetic_docs={args.docs}')
   runs = {True: [], False: []}
+  alone, bare = None, []
   for repeat in range(args.repeats):
     for ahead in (False, True):  # alternating: drift hits both alike
       rows = pretrain(corpus, root / f'run{repeat}_{ahead}', ahead, args)
       runs[ahead].append(summary(rows, skip=args.refresh, refresh=args.refresh))
       print(f'repeat {repeat} ahead={ahead}: ' + ', '.join(
           f'{k} {v:.1f}' for k, v in runs[ahead][-1].items()), flush=True)
+    alone = alone or JittedStepAlone(root / f'run{repeat}_True')
+    bare.append(alone.time_ms(args.steps - args.refresh))
+    print(f'repeat {repeat} jitted step alone: {bare[-1]:.1f} ms', flush=True)
   med = {ahead: {k: statistics.median(r[k] for r in rs)
                  for k in rs[0]} for ahead, rs in runs.items()}
   base = med[False]['step_ms']
+  bare_ms = statistics.median(bare)
   print(f'\n{args.repeats} runs each, batch {args.batch_size} x '
         f'{args.candidates} candidates, joint_len {args.joint_len}, '
         f'{args.flags or "tiny model"}, '
         f'steps {args.refresh + 1}-{args.steps} less refresh steps; medians')
-  print('| retrieval | ms/step | host wall ms | host CPU ms | step vs baseline |')
-  print('|---|---|---|---|---|')
+  print('| retrieval | ms/step | host wall ms | host CPU ms | step vs '
+        'baseline | step vs jitted step alone |')
+  print('|---|---|---|---|---|---|')
   for ahead, name in ((False, 'between steps (baseline)'),
                       (True, 'one step ahead')):
     m = med[ahead]
     print(f'| {name} | {m["step_ms"]:.1f} | {m["host_ms"]:.1f} | '
-          f'{m["host_cpu_ms"]:.1f} | {m["step_ms"] / base:.2f}x |')
+          f'{m["host_cpu_ms"]:.1f} | {m["step_ms"] / base:.2f}x | '
+          f'{m["step_ms"] / bare_ms:.2f}x |')
+  print(f'| jitted step alone (no retrieval, no builder) | {bare_ms:.1f} | '
+        f'- | - | {bare_ms / base:.2f}x | 1.00x |')
 
 
 if __name__ == '__main__':

@@ -1,4 +1,5 @@
 """Publishing index versions, verifying them, and the hot-swapping handle."""
+import os
 import threading
 import time
 
@@ -111,6 +112,24 @@ def test_handle_waits_for_an_index_of_a_given_checkpoint(tmp_path):
     assert handle.checkpoint_step == 9
     assert handle.search(QUERY, 1)[0][0, 0] == _expected_top1(9)
     publisher.join()
+  finally:
+    handle.close()
+
+
+def test_handle_loads_at_the_lowest_cpu_priority(tmp_path):
+  """The loader thread (checksums, copies) runs at nice 19, the training
+  thread keeps its own priority: loads take idle cycles, not the step's."""
+  store = index_store.IndexStore(tmp_path / 'index')
+  _publish(store, 3)
+  before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+  handle = index_handle.IndexHandle(tmp_path / 'index', poll_seconds=0.05)
+  handle.start()
+  try:
+    assert handle.wait_for_checkpoint(3, 10)
+    loader = handle._thread.native_id  # pylint: disable=protected-access
+    assert os.getpriority(os.PRIO_PROCESS, loader) == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+    assert handle.search(QUERY, 1)[0][0, 0] == _expected_top1(3)
   finally:
     handle.close()
 

@@ -2,7 +2,8 @@
 
 A background thread polls the LATEST pointer; when it names a new version,
 the thread loads and verifies it (checksums, shapes) off the training
-thread and parks it. The trainer calls `maybe_swap()` between steps, which
+thread, at the lowest CPU priority (so on a busy host it takes the cycles
+the training step leaves idle instead of slowing the step), and parks it. The trainer calls `maybe_swap()` between steps, which
 makes the parked version current: a reference swap, no I/O, no stall.
 A version without its commit object (manifest.json), partial or corrupt
 is logged and never loaded; the handle keeps serving the version it has.
@@ -52,6 +53,7 @@ class IndexHandle:
       self._thread.join()
 
   def _poll_loop(self) -> None:
+    _lower_thread_priority()
     while not self._stop.is_set():
       self.refresh()
       self._stop.wait(self._poll_seconds)
@@ -158,3 +160,16 @@ class IndexHandle:
                                                         np.ndarray]:
     """(ids, scores) of the top k blocks from the current version."""
     return self.served()[0].search(queries, k)
+
+
+def _lower_thread_priority() -> None:
+  """Gives the calling thread the lowest CPU priority (nice 19).
+
+  On Linux a nice value belongs to a thread, not the process: the loader's
+  checksums and copies then run when the training step's threads leave a
+  core idle. Elsewhere (or if refused) the thread keeps its priority.
+  """
+  try:
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+  except (AttributeError, OSError) as e:
+    logging.info('Index loader keeps its CPU priority: %s', e)

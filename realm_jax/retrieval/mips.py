@@ -234,7 +234,9 @@ class ExactIndex(MipsIndex):
     start, stop, _ = index[0].indices(self._table_rows)
     block = np.asarray(self._embeddings[start:stop], np.float32)
     padding = (stop - start) - block.shape[0]
-    return np.pad(block, ((0, padding), (0, 0)))
+    # Only the last shards need padding: the others go to the device
+    # straight from the (memory-mapped) rows, without a host copy first.
+    return np.pad(block, ((0, padding), (0, 0))) if padding else block
 
   def search(self, queries, k):
     return self.dispatch_search(queries, k)()
