@@ -23,6 +23,7 @@ On a CPU the "device" is the same cores as the host, so overlapped host
 work competes with the step for them; on a TPU host, the device is not.
 """
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -31,6 +32,22 @@ import subprocess
 import sys
 import tempfile
 import time
+
+# The jitted step alone runs in this process, on the CPU as the jobs do.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np
+from flax import nnx
+
+from realm_jax import cli
+from realm_jax import models
+from realm_jax import optim
+from realm_jax import sharding
+from realm_jax import trainer
+from realm_jax.inputs import pretrain as pretrain_input
+from realm_jax.objectives import realm as realm_objective
+from realm_jax.retrieval import workspace
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, JAX_PLATFORMS='cpu')
@@ -92,15 +109,6 @@ class JittedStepAlone:
   """realm-pretrain's jitted train step of a recorded run, on one batch."""
 
   def __init__(self, workdir: pathlib.Path):
-    import functools  # pylint: disable=g-import-not-at-top
-    import jax  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    from flax import nnx  # pylint: disable=g-import-not-at-top
-    from realm_jax import models, optim, sharding, trainer  # pylint: disable=g-import-not-at-top,g-multiple-import
-    from realm_jax.inputs import pretrain as pretrain_input  # pylint: disable=g-import-not-at-top
-    from realm_jax.objectives import realm as realm_objective  # pylint: disable=g-import-not-at-top
-    from realm_jax.retrieval import workspace  # pylint: disable=g-import-not-at-top
-    self.jax = jax
     config = workspace.read_config(workdir)
     mesh = sharding.make_mesh(config.mesh)
     tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
@@ -139,16 +147,14 @@ class JittedStepAlone:
     for _ in range(steps):
       start = time.perf_counter()
       self.state, metrics = self.step_fn(self.state, self.batch, self.key)
-      self.jax.block_until_ready((self.state, metrics))
+      jax.block_until_ready((self.state, metrics))
       times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
 
 
 def main():
-  # The jitted step alone runs in this process: on the CPU and on the
-  # allocator the jobs run on (tcmalloc when the machine has it).
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-  from realm_jax import cli  # pylint: disable=g-import-not-at-top
+  # The jitted step alone runs in this process, on the allocator the jobs
+  # run on (tcmalloc when the machine has it).
   cli.use_tcmalloc()
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--steps', type=int, default=60)

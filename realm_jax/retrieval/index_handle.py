@@ -3,8 +3,9 @@
 A background thread polls the LATEST pointer; when it names a new version,
 the thread loads and verifies it (checksums, shapes) off the training
 thread, at the lowest CPU priority (so on a busy host it takes the cycles
-the training step leaves idle instead of slowing the step), and parks it. The trainer calls `maybe_swap()` between steps, which
-makes the parked version current: a reference swap, no I/O, no stall.
+the training step leaves idle instead of slowing the step), and parks it.
+The trainer calls `maybe_swap()` between steps, which makes the parked
+version current: a reference swap, no I/O, no stall.
 A version without its commit object (manifest.json), partial or corrupt
 is logged and never loaded; the handle keeps serving the version it has.
 On a bucket it loads from a local copy verified against the manifest.
